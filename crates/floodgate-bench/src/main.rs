@@ -1,0 +1,389 @@
+//! Side-by-side benchmark: floodgate's `MemoryStore` (through the public `RateLimiter`
+//! API), governor's keyed limiter (DashMap store) and a naive `Mutex<HashMap>` token
+//! bucket, interleaved in one process, reported as medians and ratios.
+//!
+//! `cargo run --release -p floodgate-bench` (options: `--runs N`, `--millis M` per cell,
+//! `--quick` for a short smoke run).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::num::NonZeroU32;
+use std::pin::pin;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use floodgate::{Limit, MemoryStore, Policy, RateLimiter};
+use governor::{DefaultKeyedRateLimiter, Quota};
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Quota2 {
+    /// 100 M/s, burst 1 M: every check is admitted.
+    MostlyAllowed,
+    /// 1 per hour: after the first check of a key, every check is denied.
+    MostlyDenied,
+}
+
+impl Quota2 {
+    fn name(self) -> &'static str {
+        match self {
+            Quota2::MostlyAllowed => "allowed",
+            Quota2::MostlyDenied => "denied",
+        }
+    }
+    fn floodgate(self) -> Limit {
+        match self {
+            Quota2::MostlyAllowed => Limit::per_second(100_000_000).burst(1_000_000),
+            Quota2::MostlyDenied => Limit::per_hour(1),
+        }
+    }
+    fn governor(self) -> Quota {
+        let n = |v: u32| NonZeroU32::new(v).unwrap_or(NonZeroU32::MIN);
+        match self {
+            Quota2::MostlyAllowed => Quota::per_second(n(100_000_000)).allow_burst(n(1_000_000)),
+            Quota2::MostlyDenied => Quota::per_hour(n(1)),
+        }
+    }
+    /// (tokens per second, capacity) for the naive bucket.
+    fn naive(self) -> (f64, f64) {
+        match self {
+            Quota2::MostlyAllowed => (1e8, 1e6),
+            Quota2::MostlyDenied => (1.0 / 3600.0, 1.0),
+        }
+    }
+}
+
+/// The textbook implementation people write first.
+struct Naive {
+    rate: f64,
+    capacity: f64,
+    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+}
+
+impl Naive {
+    fn new((rate, capacity): (f64, f64)) -> Self {
+        Naive {
+            rate,
+            capacity,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+    fn check(&self, key: &str) -> bool {
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let bucket = match buckets.get_mut(key) {
+            Some(bucket) => bucket,
+            None => buckets
+                .entry(key.to_owned())
+                .or_insert((self.capacity, now)),
+        };
+        let elapsed = now.saturating_duration_since(bucket.1).as_secs_f64();
+        bucket.0 = (bucket.0 + elapsed * self.rate).min(self.capacity);
+        bucket.1 = now;
+        if bucket.0 >= 1.0 {
+            bucket.0 -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+struct Floodgate {
+    limiter: RateLimiter<MemoryStore>,
+    policy: Policy,
+}
+
+impl Floodgate {
+    fn new(limit: Limit) -> Self {
+        let policy = Policy::new("bench", [limit]).unwrap_or_else(|e| panic!("{e}"));
+        Floodgate {
+            limiter: RateLimiter::new(MemoryStore::builder().max_keys(4_000_000).build()),
+            policy,
+        }
+    }
+    #[inline]
+    fn check(&self, key: &str) -> bool {
+        ready(self.limiter.check(&self.policy, key)).is_ok_and(|d| d.is_allowed())
+    }
+}
+
+/// Polls a future that completes without waiting (the memory store's).
+#[inline]
+fn ready<F: Future>(future: F) -> F::Output {
+    let mut future = pin!(future);
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(output) => output,
+        Poll::Pending => unreachable!("the memory store never waits"),
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Peer {
+    Floodgate,
+    Governor,
+    Naive,
+}
+
+const PEERS: [Peer; 3] = [Peer::Floodgate, Peer::Governor, Peer::Naive];
+
+struct Limiters {
+    floodgate: Floodgate,
+    governor: DefaultKeyedRateLimiter<String>,
+    naive: Naive,
+}
+
+impl Limiters {
+    fn new(quota: Quota2) -> Self {
+        Limiters {
+            floodgate: Floodgate::new(quota.floodgate()),
+            governor: DefaultKeyedRateLimiter::keyed(quota.governor()),
+            naive: Naive::new(quota.naive()),
+        }
+    }
+    #[inline]
+    fn check(&self, peer: Peer, key: &String) -> bool {
+        match peer {
+            Peer::Floodgate => self.floodgate.check(key),
+            Peer::Governor => self.governor.check_key(key).is_ok(),
+            Peer::Naive => self.naive.check(key),
+        }
+    }
+}
+
+/// Runs `threads` threads checking random keys for `millis`; returns checks per second.
+fn measure(limiters: &Limiters, peer: Peer, keys: &[String], threads: usize, millis: u64) -> f64 {
+    let stop = AtomicBool::new(false);
+    let total = AtomicU64::new(0);
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for t in 0..threads {
+            let (stop, total) = (&stop, &total);
+            s.spawn(move || {
+                let mut rng =
+                    0x9e37_79b9_7f4a_7c15u64 ^ (t as u64 + 1).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                let n = keys.len() as u64;
+                let mut ops = 0u64;
+                let mut allowed = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    for _ in 0..1024 {
+                        rng ^= rng << 13;
+                        rng ^= rng >> 7;
+                        rng ^= rng << 17;
+                        let i = ((u128::from(rng) * u128::from(n)) >> 64) as usize;
+                        allowed += u64::from(limiters.check(peer, &keys[i]));
+                    }
+                    ops += 1024;
+                }
+                std::hint::black_box(allowed);
+                total.fetch_add(ops, Ordering::Relaxed);
+            });
+        }
+        std::thread::sleep(Duration::from_millis(millis));
+        stop.store(true, Ordering::Relaxed);
+    });
+    total.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+fn keys(count: usize) -> Vec<String> {
+    (0..count)
+        .map(|i| {
+            format!(
+                "user:{}",
+                100_000 + (i as u64 * 7_919) % 900_000_000 + i as u64 / 900_000
+            )
+        })
+        .collect()
+}
+
+/// Resident memory of this process, in bytes.
+fn resident_bytes() -> f64 {
+    let pages = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|statm| {
+            statm
+                .split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<f64>().ok())
+        })
+        .unwrap_or(f64::NAN);
+    pages * 4096.0
+}
+
+/// Resident bytes per key of each peer after inserting `keys` into a fresh limiter. Each
+/// limiter stays alive until all are measured, so none reuses another's freed memory.
+fn bytes_per_key(keys: &[String]) -> Vec<(Peer, f64)> {
+    let quota = Quota2::MostlyDenied;
+    let limiters = Limiters::new(quota);
+    PEERS
+        .iter()
+        .map(|&peer| {
+            let before = resident_bytes();
+            for key in keys {
+                std::hint::black_box(limiters.check(peer, key));
+            }
+            (peer, (resident_bytes() - before) / keys.len() as f64)
+        })
+        .collect()
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!(
+        "{cpu}, {cores} cores, {} {}",
+        std::env::consts::OS,
+        std::env::consts::ARCH
+    )
+}
+
+struct Cell {
+    keys: usize,
+    threads: usize,
+    quota: Quota2,
+    ops: [Vec<f64>; 3],
+    ratio_governor: Vec<f64>,
+    ratio_naive: Vec<f64>,
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let flag = |name: &str| -> Option<u64> {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse().ok())
+    };
+    let quick = args.iter().any(|a| a == "--quick");
+    let runs = flag("--runs").map_or(if quick { 1 } else { 5 }, |r| r.max(1) as usize);
+    let millis = flag("--millis").unwrap_or(if quick { 30 } else { 200 });
+    let key_counts: &[usize] = if quick {
+        &[1, 10_000, 100_000]
+    } else {
+        &[1, 10_000, 1_000_000]
+    };
+    let largest = key_counts[key_counts.len() - 1];
+
+    println!("floodgate benchmark: {runs} interleaved runs of {millis} ms per cell; medians");
+    println!("machine: {}\n", machine());
+
+    // Memory first, in a process that has not yet allocated and freed much.
+    let memory = bytes_per_key(&keys(largest));
+
+    let mut setups = Vec::new();
+    for &count in key_counts {
+        let keys = keys(count);
+        for quota in [Quota2::MostlyAllowed, Quota2::MostlyDenied] {
+            let limiters = Limiters::new(quota);
+            // Every key exists in every limiter before timing: steady state, no inserts.
+            for key in &keys {
+                for peer in PEERS {
+                    limiters.check(peer, key);
+                }
+            }
+            setups.push((count, quota, limiters));
+        }
+    }
+    let key_sets: HashMap<usize, Vec<String>> = key_counts.iter().map(|&c| (c, keys(c))).collect();
+    let mut cells: Vec<Cell> = Vec::new();
+    for (index, &(count, quota, _)) in setups.iter().enumerate() {
+        for threads in [1, 2] {
+            let empty = || Vec::with_capacity(runs);
+            cells.push(Cell {
+                keys: count,
+                threads,
+                quota,
+                ops: [empty(), empty(), empty()],
+                ratio_governor: empty(),
+                ratio_naive: empty(),
+            });
+            let _ = index;
+        }
+    }
+    for run in 0..runs {
+        eprintln!("run {}/{runs}", run + 1);
+        for cell in &mut cells {
+            let Some((_, _, limiters)) = setups
+                .iter()
+                .find(|(c, q, _)| *c == cell.keys && *q == cell.quota)
+            else {
+                continue;
+            };
+            let keys = &key_sets[&cell.keys];
+            // Rotate the order each run so no peer always goes first.
+            let mut measured = [0.0; 3];
+            for i in 0..PEERS.len() {
+                let p = (i + run) % PEERS.len();
+                measured[p] = measure(limiters, PEERS[p], keys, cell.threads, millis);
+            }
+            for (ops, value) in cell.ops.iter_mut().zip(measured) {
+                ops.push(value);
+            }
+            cell.ratio_governor.push(measured[0] / measured[1]);
+            cell.ratio_naive.push(measured[0] / measured[2]);
+        }
+    }
+
+    println!(
+        "| keys | threads | quota | floodgate checks/s | governor checks/s | naive checks/s | floodgate / governor | floodgate / naive |"
+    );
+    println!("|---:|---:|:---|---:|---:|---:|---:|---:|");
+    for cell in &mut cells {
+        let [f, g, n] = &mut cell.ops;
+        println!(
+            "| {} | {} | {} | {} | {} | {} | **{:.2}×** | {:.2}× |",
+            cell.keys,
+            cell.threads,
+            cell.quota.name(),
+            human(median(f)),
+            human(median(g)),
+            human(median(n)),
+            median(&mut cell.ratio_governor),
+            median(&mut cell.ratio_naive)
+        );
+    }
+
+    println!("\nresident bytes per key after inserting {largest} keys into a fresh limiter:\n");
+    println!("| limiter | bytes per key | vs governor |");
+    println!("|:---|---:|---:|");
+    let governor = memory
+        .iter()
+        .find(|(p, _)| *p == Peer::Governor)
+        .map_or(f64::NAN, |m| m.1);
+    for (peer, bytes) in &memory {
+        println!(
+            "| {} | {bytes:.1} | {:.2}× |",
+            format!("{peer:?}").to_lowercase(),
+            bytes / governor
+        );
+    }
+}
+
+fn human(ops: f64) -> String {
+    if ops >= 1e6 {
+        format!("{:.2} M", ops / 1e6)
+    } else {
+        format!("{:.0} k", ops / 1e3)
+    }
+}

@@ -1,0 +1,176 @@
+//! `Decision`: what a store answered for one request.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::gcra::Verdict;
+
+/// Which path produced a [`Decision`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DecisionSource {
+    /// The store decided (the normal case).
+    Store,
+    /// A store-side cache answered without a round trip (a remembered denial).
+    Cache,
+    /// The store failed and a local in-memory limiter decided instead.
+    LocalFallback,
+    /// The store failed and the failure policy allowed the request.
+    FailOpen,
+    /// The store failed and the failure policy denied the request.
+    FailClosed,
+}
+
+/// The answer to a request: allowed or denied, and the state of the deciding limit.
+///
+/// An allowed `check` reports the state after its charge; a denied one reports the state
+/// now, unchanged; `peek` reports the state now.
+///
+/// ```
+/// # use floodgate::{Policy, RateLimiter};
+/// # async fn run() -> Result<(), floodgate::Error> {
+/// let policy = Policy::parse("api", "5/s burst 10")?;
+/// let d = RateLimiter::in_memory().check(&policy, "user:42").await?;
+/// assert!(d.is_allowed());
+/// assert_eq!((d.limit(), d.remaining()), (10, 9));
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Copy)]
+#[non_exhaustive]
+pub struct Decision {
+    allowed: bool,
+    source: DecisionSource,
+    decided_by: usize,
+    limit: u64,
+    // Kept raw and converted when asked for: most callers only look at `is_allowed`.
+    /// Capacity left in the deciding limit, in time units; `remaining = left / interval`.
+    left: u64,
+    interval: u64,
+    /// Waits in time units of `unit_ns` nanoseconds.
+    retry_after: u64,
+    reset_after: u64,
+    unit_ns: u64,
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl Decision {
+    /// Builds a decision (for `Store` implementations). `retry_after` is forced to zero when
+    /// `allowed`.
+    pub fn new(
+        allowed: bool,
+        decided_by: usize,
+        limit: u64,
+        remaining: u64,
+        retry_after: Duration,
+        reset_after: Duration,
+    ) -> Self {
+        Decision {
+            allowed,
+            source: DecisionSource::Store,
+            decided_by,
+            limit,
+            left: remaining,
+            interval: 1,
+            retry_after: if allowed { 0 } else { nanos(retry_after) },
+            reset_after: nanos(reset_after),
+            unit_ns: 1,
+        }
+    }
+
+    /// Builds a decision from a [`gcra::evaluate`](crate::gcra::evaluate) verdict computed
+    /// in units of `unit_ns` nanoseconds.
+    #[inline]
+    pub fn from_verdict(verdict: &Verdict, unit_ns: u64) -> Self {
+        Decision {
+            allowed: verdict.allowed,
+            source: DecisionSource::Store,
+            decided_by: verdict.decided_by,
+            limit: verdict.burst,
+            left: verdict.left,
+            interval: verdict.interval.max(1),
+            retry_after: if verdict.allowed {
+                0
+            } else {
+                verdict.retry_after
+            },
+            reset_after: verdict.reset_after,
+            unit_ns: unit_ns.max(1),
+        }
+    }
+
+    /// The same decision, marked as produced by `source`.
+    #[must_use]
+    pub fn with_source(mut self, source: DecisionSource) -> Self {
+        self.source = source;
+        self
+    }
+
+    /// Whether the request was admitted.
+    pub fn is_allowed(&self) -> bool {
+        self.allowed
+    }
+    /// Index of the deciding limit in [`Policy::limits`](crate::Policy::limits): for a
+    /// denial the one with the longest wait, for an allowance the one with the fewest tokens
+    /// left; ties go to the lowest index.
+    pub fn decided_by(&self) -> usize {
+        self.decided_by
+    }
+    /// The burst (capacity) of the deciding limit.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+    /// Whole tokens left in the deciding limit.
+    pub fn remaining(&self) -> u64 {
+        self.left / self.interval
+    }
+    /// How long until the same request would be admitted; zero when allowed. Exact: a retry
+    /// one time unit earlier is denied, a retry at it is admitted (absent other traffic).
+    pub fn retry_after(&self) -> Duration {
+        Duration::from_nanos(self.retry_after.saturating_mul(self.unit_ns))
+    }
+    /// How long until every limit of the policy is full again.
+    pub fn reset_after(&self) -> Duration {
+        Duration::from_nanos(self.reset_after.saturating_mul(self.unit_ns))
+    }
+    /// Which path produced this decision.
+    pub fn source(&self) -> DecisionSource {
+        self.source
+    }
+}
+
+impl PartialEq for Decision {
+    fn eq(&self, other: &Self) -> bool {
+        (
+            self.allowed,
+            self.source,
+            self.decided_by,
+            self.limit,
+            self.remaining(),
+        ) == (
+            other.allowed,
+            other.source,
+            other.decided_by,
+            other.limit,
+            other.remaining(),
+        ) && (self.retry_after(), self.reset_after()) == (other.retry_after(), other.reset_after())
+    }
+}
+
+impl Eq for Decision {}
+
+impl fmt::Debug for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Decision")
+            .field("allowed", &self.allowed)
+            .field("decided_by", &self.decided_by)
+            .field("limit", &self.limit)
+            .field("remaining", &self.remaining())
+            .field("retry_after", &self.retry_after())
+            .field("reset_after", &self.reset_after())
+            .field("source", &self.source)
+            .finish()
+    }
+}

@@ -1,0 +1,112 @@
+//! # The floodgate guide
+//!
+//! Background for using floodgate well. Nothing here is code; it explains the choices the
+//! code makes and what you can rely on.
+//!
+//! ## The token bucket, stored as one timestamp
+//!
+//! A [`Limit`](crate::Limit) of `count` per `period` with burst `B` is a token bucket: it
+//! holds at most `B` tokens, gains one every `T = period / count` (the *emission interval*)
+//! and each request of cost `c` takes `c` tokens or is denied. Legitimate bursts of up to `B`
+//! pass at once; over any window of length Δ no more than `B + ⌊Δ/T⌋` is admitted, so the
+//! long-run average is capped at the stated rate. A fixed-window counter, by contrast, lets
+//! a client send its whole quota at the end of one window and again at the start of the
+//! next: twice the rate.
+//!
+//! floodgate does not store `(tokens, last refill)`. It stores one integer per limit, the
+//! *theoretical arrival time* (TAT) of the generic cell rate algorithm (GCRA): the time at
+//! which the bucket would be full again. With tolerance `τ = B·T`, a request of cost `c` at
+//! time `now` computes `tat' = max(tat, now) + c·T` and is allowed iff `tat' − now ≤ τ`;
+//! only then is `tat'` stored. `remaining = ⌊(τ − (tat − now)) / T⌋`, and a denial's
+//! `retry_after = tat' − now − τ` is exact: one time unit earlier the same request is
+//! denied, at it admitted. The two formulations make identical decisions (the test suite
+//! checks floodgate against a plain token-bucket model over random histories), but the
+//! TAT is one word, integer, and free to garbage-collect: **a TAT at or before now is a
+//! full bucket, identical to no state at all**, so such entries can be dropped at any time
+//! without changing any decision.
+//!
+//! ## Exactness and rounding
+//!
+//! Time is integer: nanoseconds in the memory store. `T` is rounded *up* to a whole unit, so
+//! a store never admits more than the stated rate; a limit whose rounding would cost more
+//! than 1% of its rate (above about 10 million per second) is rejected when its policy is
+//! built, so everything accepted admits at least 99% of its nominal bound under saturating
+//! demand. `B·T` is capped at 2^50 µs (about 35 years), which keeps every value far from
+//! overflow. Arithmetic saturates rather than wraps, so no input makes floodgate panic.
+//!
+//! A request whose cost exceeds a limit's burst can never pass: floodgate answers
+//! [`Error::CostExceedsBurst`](crate::Error::CostExceedsBurst) instead of a wait that would
+//! never end. `charge` (costs known after the fact) may push a bucket into debt, capped at one
+//! burst below empty, so a key's state is never more than `2·B·T` from full.
+//!
+//! ## Policies: several limits, all or nothing
+//!
+//! A [`Policy`](crate::Policy) checks every limit and charges all or none: a request denied
+//! by the daily cap does not use up the per-second budget. The decision reports the limit
+//! that decided — for a denial the one with the longest wait, for an allowance the one with
+//! the fewest tokens left, ties to the lowest index — and `reset_after` until every limit is
+//! full. State is keyed by the policy's *name*, the limit's position and your key. Changing a
+//! policy's rates under the same name keeps the stored TATs and reads them with the new
+//! rates: a key that was throttled stays throttled for at most its old debt.
+//!
+//! ## Clocks
+//!
+//! The default [`MonotonicClock`](crate::MonotonicClock) reads the CPU's time-stamp counter
+//! where it is reliable (via `quanta`, about 10 ns a read), the OS monotonic clock
+//! elsewhere. A clock that steps backwards never makes floodgate admit more: decisions are
+//! computed against `max(tat, now)`, so a backward step of δ lengthens an existing denial by
+//! at most δ. [`ManualClock`](crate::ManualClock) moves only when told to, and its
+//! `advance`/`set` wake `until_ready` waiters whose time has come: tests never sleep.
+//!
+//! ## The memory store
+//!
+//! [`MemoryStore`](crate::MemoryStore) splits keys over up to 64 shards. Each shard is an
+//! open-addressing table of 16-byte slots — a 64-bit fingerprint and the TAT — behind a
+//! spin lock held for a probe and a few integer operations (one atomic read-modify-write to
+//! enter, a plain store to leave). No key is stored, no `String` is built to look one up,
+//! and nothing is allocated per decision. All limits of one key live in the same shard, so a
+//! multi-limit policy is all-or-nothing under one lock.
+//!
+//! **Fingerprints and collisions.** The fingerprint is a 64-bit hash of `(policy name,
+//! key)` — remixed per limit — computed with aHash under random keys drawn when the store is
+//! created. Two different keys share a bucket only if their fingerprints are equal. For `n`
+//! keys stored at once the chance of any such pair is about `n² / 2^65`: one in 37 million
+//! with a million keys, one in 370 000 with ten million — and the consequence is two keys
+//! sharing one bucket, never a crash or an unbounded admission.
+//!
+//! **What an attacker who chooses keys can do.** Because the hash keys are random per
+//! process and never revealed, an attacker cannot compute fingerprints offline: they cannot
+//! make keys collide with a victim's (to share its bucket), nor pile keys into one shard or
+//! one probe sequence (HashDoS). What they *can* do is send many distinct keys. That costs
+//! them nothing per key, so the store bounds memory by itself:
+//!
+//! - a bucket that has been full for a second is dropped whenever its shard needs room
+//!   (it is identical to an absent key), and tables grow only when that frees too little;
+//! - at the cap ([`max_keys`](crate::MemoryStoreBuilder::max_keys), which counts stored
+//!   limit states; each shard enforces its share) the entries **nearest to full** are
+//!   evicted first, in batches of an eighth of the shard. An evicted key regains at most its
+//!   outstanding debt, and a deeply throttled key is evicted only after every less-indebted
+//!   key of its shard — a flood of fresh keys, each one request deep, cannot free it.
+//!
+//! [`sweep`](crate::MemoryStore::sweep) drops every full bucket at once and shrinks mostly
+//! empty tables, for returning memory after a burst of keys; it is never needed for
+//! correctness. A dropped bucket is read back as "full since the sweep", so even a clock
+//! stepping back after a sweep cannot make a dropped key more generous than it was.
+//!
+//! ## Waiting for capacity
+//!
+//! [`until_ready`](crate::RateLimiter::until_ready) checks, and on a denial sleeps for
+//! exactly `retry_after` on the store's clock and checks again. Nothing is charged while it
+//! waits, so dropping the future (a timeout, a cancelled job) costs nothing.
+//! [`until_ready_timeout`](crate::RateLimiter::until_ready_timeout) fails at once with
+//! [`Error::Timeout`](crate::Error::Timeout) when the next wait would end after the timeout.
+//! Inside a tokio runtime the default clock sleeps on tokio's timer; elsewhere on one shared
+//! timer thread, so any executor works.
+//!
+//! ## Choosing a store
+//!
+//! Use the memory store when one process sees all the traffic it limits (one instance, or
+//! per-instance limits you size accordingly). Limits shared by many instances need a shared
+//! store; any type implementing [`Store`](crate::Store) plugs into
+//! [`RateLimiter::new`](crate::RateLimiter::new), and the `floodgate-testkit` conformance
+//! suite states exactly what a store must do.

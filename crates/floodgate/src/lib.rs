@@ -1,0 +1,67 @@
+//! floodgate: a fast, exact token-bucket rate limiter.
+//!
+//! A [`Limit`] is a token bucket: a capacity (the burst) refilled continuously at a
+//! sustained rate, so legitimate bursts pass and the long-term average is capped. A
+//! [`Policy`] names one or more limits checked together, all or nothing. A [`RateLimiter`]
+//! answers each request with a [`Decision`], keeping bucket state in a [`Store`]: the
+//! in-process [`MemoryStore`] here, or a shared store such as Redis from another crate.
+//!
+//! ```
+//! use floodgate::{Limit, Policy, RateLimiter};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), floodgate::Error> {
+//! // The free plan: 5 requests per second with bursts of 10, and at most 1000 a day.
+//! let free = Policy::parse("free", "5/s burst 10; 1000/day")?;
+//! assert_eq!(free, Policy::new("free", [Limit::per_second(5).burst(10), Limit::per_day(1_000)])?);
+//!
+//! let limiter = RateLimiter::in_memory();
+//! let mut allowed = 0;
+//! for _ in 0..15 {
+//!     if limiter.check(&free, "user:42").await?.is_allowed() {
+//!         allowed += 1;
+//!     }
+//! }
+//! assert_eq!(allowed, 10); // the burst passes, the rest waits for the refill
+//!
+//! let denied = limiter.check(&free, "user:42").await?;
+//! println!("retry in {:?}", denied.retry_after()); // about 200 ms: one token at 5/s
+//!
+//! // Background jobs wait for capacity instead of failing:
+//! let mailer = Policy::parse("mailer", "100/s")?;
+//! limiter.until_ready(&mailer, "smtp", 1).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Cargo features: `tokio` (default) sleeps on tokio's timer in `until_ready` when inside a
+//! tokio runtime (elsewhere a small timer thread is used); `serde` (de)serializes `Limit`
+//! and `Policy` as rate notation. See the [`guide`] for the algorithm, the memory store's
+//! design and choosing a store.
+
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+mod clock;
+mod decision;
+mod error;
+pub mod gcra;
+pub mod guide;
+mod limit;
+mod limiter;
+mod notation;
+mod store;
+mod sync;
+
+pub use clock::{Clock, ManualClock, MonotonicClock};
+pub use decision::{Decision, DecisionSource};
+pub use error::{BoxError, Error};
+pub use limit::{Limit, MAX_LIMITS, MAX_NAME_LEN, Policy};
+pub use limiter::RateLimiter;
+pub use store::Store;
+pub use store::memory::{DEFAULT_MAX_KEYS, MemoryStore, MemoryStoreBuilder};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;

@@ -1,0 +1,153 @@
+//! `RateLimiter`: the facade users call, delegating to a [`Store`].
+
+use std::time::Duration;
+
+use crate::clock::MonotonicClock;
+use crate::store::Store;
+use crate::store::memory::MemoryStore;
+use crate::{Clock, Decision, Error, Policy};
+
+/// Checks requests against policies, with state kept in a [`Store`].
+///
+/// `RateLimiter` is `Send + Sync`: share one across tasks and threads with an `Arc`.
+///
+/// ```
+/// use floodgate::{Limit, Policy, RateLimiter};
+/// # async fn run() -> Result<(), floodgate::Error> {
+/// let free = Policy::new("free", [Limit::per_second(5).burst(10), Limit::per_day(1_000)])?;
+/// let limiter = RateLimiter::in_memory();
+/// let decision = limiter.check(&free, "user:42").await?;
+/// if !decision.is_allowed() {
+///     println!("slow down, retry in {:?}", decision.retry_after());
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct RateLimiter<S: Store = MemoryStore> {
+    store: S,
+}
+
+impl RateLimiter<MemoryStore> {
+    /// A limiter on an in-process [`MemoryStore`] with default settings.
+    pub fn in_memory() -> Self {
+        Self::new(MemoryStore::new())
+    }
+}
+
+impl<C: Clock> RateLimiter<MemoryStore<C>> {
+    /// A limiter on an in-process store that reads time from `clock` (for tests: a
+    /// [`ManualClock`](crate::ManualClock)).
+    pub fn in_memory_with_clock(clock: C) -> Self {
+        Self::new(MemoryStore::builder().clock(clock).build())
+    }
+}
+
+impl<S: Store> RateLimiter<S> {
+    /// A limiter on any store.
+    pub fn new(store: S) -> Self {
+        RateLimiter { store }
+    }
+
+    /// The store behind this limiter.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Checks and consumes one token of every limit of `policy` for `key`.
+    pub async fn check(&self, policy: &Policy, key: &str) -> Result<Decision, Error> {
+        self.check_n(policy, key, 1).await
+    }
+
+    /// Checks and consumes `cost` tokens, all or nothing. A cost above any limit's burst can
+    /// never pass and is [`Error::CostExceedsBurst`]; a cost of zero is
+    /// [`Error::InvalidCost`].
+    pub async fn check_n(&self, policy: &Policy, key: &str, cost: u32) -> Result<Decision, Error> {
+        if S::VALIDATES_COST {
+            return self.store.acquire(policy, key, cost).await;
+        }
+        policy.check_cost(cost)?;
+        self.store.acquire(policy, key, cost).await
+    }
+
+    /// The current state, consuming nothing; `is_allowed` tells whether a `check` would
+    /// pass now.
+    pub async fn peek(&self, policy: &Policy, key: &str) -> Result<Decision, Error> {
+        self.store.peek(policy, key).await
+    }
+
+    /// Forgets `key`'s state under `policy`: its buckets are full again (after a good
+    /// login, say).
+    pub async fn reset(&self, policy: &Policy, key: &str) -> Result<(), Error> {
+        self.store.reset(policy, key).await
+    }
+
+    /// Consumes `cost` tokens without checking, for costs known only afterwards (bytes
+    /// sent, rows scanned). Debt delays later requests and is capped at one burst below
+    /// empty. The decision describes the state after the charge: allowed if it fit without
+    /// debt, otherwise denied with the wait until a one-token request would pass.
+    pub async fn charge(&self, policy: &Policy, key: &str, cost: u32) -> Result<Decision, Error> {
+        if cost == 0 {
+            return Err(Error::InvalidCost {
+                cost,
+                reason: "a request costs at least 1",
+            });
+        }
+        self.store.charge(policy, key, cost).await
+    }
+
+    /// Waits until `cost` tokens are available, then consumes them (background job
+    /// throttling). Sleeps on the store's clock. Dropping the future before it completes
+    /// charges nothing.
+    pub async fn until_ready(
+        &self,
+        policy: &Policy,
+        key: &str,
+        cost: u32,
+    ) -> Result<Decision, Error> {
+        self.wait(policy, key, cost, None).await
+    }
+
+    /// Like [`until_ready`](Self::until_ready), but returns [`Error::Timeout`] at once,
+    /// without waiting, as soon as a wait would end after `timeout`.
+    pub async fn until_ready_timeout(
+        &self,
+        policy: &Policy,
+        key: &str,
+        cost: u32,
+        timeout: Duration,
+    ) -> Result<Decision, Error> {
+        self.wait(policy, key, cost, Some(timeout)).await
+    }
+
+    async fn wait(
+        &self,
+        policy: &Policy,
+        key: &str,
+        cost: u32,
+        timeout: Option<Duration>,
+    ) -> Result<Decision, Error> {
+        policy.check_cost(cost)?;
+        let clock = self.store.clock();
+        let deadline = timeout.map(|t| clock.now().saturating_add(t));
+        loop {
+            let decision = self.store.acquire(policy, key, cost).await?;
+            if decision.is_allowed() {
+                return Ok(decision);
+            }
+            // A denial always has a positive wait; guard against a store that says zero.
+            let wait = decision.retry_after().max(Duration::from_nanos(1));
+            if let Some(deadline) = deadline {
+                if clock.now().saturating_add(wait) > deadline {
+                    return Err(Error::Timeout { retry_after: wait });
+                }
+            }
+            clock.sleep(wait).await;
+        }
+    }
+}
+
+impl Default for RateLimiter<MemoryStore<MonotonicClock>> {
+    fn default() -> Self {
+        Self::in_memory()
+    }
+}

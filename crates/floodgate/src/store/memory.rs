@@ -1,0 +1,576 @@
+//! `MemoryStore`: bucket state in this process, sharded, bounded, safe against chosen keys.
+//!
+//! Layout: the key space is split into shards by a keyed hash of `(policy, key)`. Each shard
+//! is an open-addressing table of 16-byte slots `(fingerprint, TAT)` behind a spin lock
+//! whose critical section is a probe and a few integer operations: one atomic
+//! read-modify-write to enter, a plain store to leave. The fingerprint is the 64-bit keyed
+//! hash (mixed with the limit's index), so no key is stored and no `String` is built to
+//! look one up. All limits of one key live in the same shard, so a multi-limit decision is
+//! all-or-nothing under one lock.
+//!
+//! Memory is bounded without housekeeping by the caller: when a shard would exceed its
+//! load factor it first drops full buckets (a TAT at or before now equals an absent key),
+//! and only grows if that freed too little; at its share of `max_keys` it evicts the
+//! entries nearest to full.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::clock::MonotonicClock;
+use crate::gcra::{self, Op, Rate, Verdict};
+use crate::limit::MAX_LIMITS;
+use crate::store::Store;
+use crate::sync::{ShardLock, lock_shard};
+use crate::{Clock, Decision, Error, Policy};
+
+/// Default cap on stored limit states: 2^22 (about 4.2 million, at most ~140 MB).
+pub const DEFAULT_MAX_KEYS: usize = 1 << 22;
+const MAX_SHARDS: usize = 64;
+const MIN_SLOTS: usize = 8;
+/// How long a bucket stays stored after it became full, when the store sweeps on its own:
+/// a key seen again within this time finds its slot instead of being inserted anew.
+const SWEEP_GRACE_NS: u64 = 1_000_000_000;
+/// Nanoseconds: the memory store's time unit.
+const UNIT_NS: u64 = 1;
+
+/// In-process bucket state. Cheap to clone: clones share the same state.
+///
+/// ```
+/// use floodgate::{MemoryStore, Policy, RateLimiter};
+/// # async fn run() -> Result<(), floodgate::Error> {
+/// let store = MemoryStore::builder().max_keys(1_000_000).build();
+/// let limiter = RateLimiter::new(store.clone());
+/// limiter.check(&Policy::parse("api", "10/s")?, "user:1").await?;
+/// assert_eq!(store.len(), 1);
+/// # Ok(()) }
+/// ```
+///
+/// `len` and `max_keys` count stored *limit states*: one per key for a single-limit policy,
+/// up to one per limit for a policy with several. Keys whose buckets are full take no room
+/// once swept.
+pub struct MemoryStore<C: Clock = MonotonicClock> {
+    inner: Arc<Inner<C>>,
+}
+
+struct Inner<C> {
+    shards: Box<[Shard]>,
+    shard_shift: u32,
+    hasher: ahash::RandomState,
+    clock: C,
+    max_keys: usize,
+}
+
+/// One shard on its own cache lines, so shards' locks do not share a line.
+#[repr(align(128))]
+struct Shard {
+    table: ShardLock<Table>,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Slot {
+    /// Keyed hash of (policy, key, limit index); 0 marks an empty slot.
+    fingerprint: u64,
+    tat: u64,
+}
+
+struct Table {
+    slots: Box<[Slot]>,
+    len: usize,
+    /// Most entries this shard may hold (its share of `max_keys`).
+    cap: usize,
+    /// Most slots the table grows to: enough to hold `cap` entries at 7/8 load.
+    max_slots: usize,
+    /// The latest time at which entries were dropped. An absent key is read as a bucket
+    /// that was full at this time: the same as "full" while the clock moves forward, and
+    /// never more generous than the dropped state if the clock later steps back.
+    swept_at: u64,
+    /// Inserts since the last sweep: sweeping again sooner than half a table's worth of
+    /// inserts means the table is too small for the keys in use.
+    inserts_since_sweep: usize,
+}
+
+impl MemoryStore {
+    /// A store with the default cap ([`DEFAULT_MAX_KEYS`]) and the default clock.
+    pub fn new() -> Self {
+        Self::builder().build()
+    }
+
+    /// A builder for the cap and the clock.
+    pub fn builder() -> MemoryStoreBuilder<MonotonicClock> {
+        MemoryStoreBuilder {
+            clock: MonotonicClock::new(),
+            max_keys: DEFAULT_MAX_KEYS,
+        }
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<C: Clock> Clone for MemoryStore<C> {
+    fn clone(&self) -> Self {
+        MemoryStore {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<C: Clock> fmt::Debug for MemoryStore<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("len", &self.len())
+            .field("max_keys", &self.inner.max_keys)
+            .field("shards", &self.inner.shards.len())
+            .finish()
+    }
+}
+
+/// Builds a [`MemoryStore`].
+#[derive(Debug)]
+#[must_use]
+pub struct MemoryStoreBuilder<C> {
+    clock: C,
+    max_keys: usize,
+}
+
+impl<C: Clock> MemoryStoreBuilder<C> {
+    /// Most limit states kept at once (default [`DEFAULT_MAX_KEYS`]). At the cap, the
+    /// entries nearest to full are evicted first; each shard enforces its share of the cap.
+    pub fn max_keys(mut self, max_keys: usize) -> Self {
+        self.max_keys = max_keys;
+        self
+    }
+
+    /// The clock decisions are made with (default: [`MonotonicClock`]).
+    pub fn clock<D: Clock>(self, clock: D) -> MemoryStoreBuilder<D> {
+        MemoryStoreBuilder {
+            clock,
+            max_keys: self.max_keys,
+        }
+    }
+
+    /// Builds the store, refusing a cap of zero.
+    pub fn try_build(self) -> Result<MemoryStore<C>, Error> {
+        if self.max_keys == 0 {
+            return Err(Error::InvalidConfig {
+                knob: "max_keys",
+                reason: "must be at least 1: a store that can hold no state cannot limit anything"
+                    .into(),
+            });
+        }
+        Ok(self.build())
+    }
+
+    /// Builds the store. A cap of zero is raised to one (see [`try_build`](Self::try_build)
+    /// to have it refused instead).
+    pub fn build(self) -> MemoryStore<C> {
+        let max_keys = self.max_keys.max(1);
+        // At least 64 entries per shard where possible, so evictions choose among many.
+        let wanted = (max_keys / 64).clamp(1, MAX_SHARDS);
+        let shards = if wanted.is_power_of_two() {
+            wanted
+        } else {
+            wanted.next_power_of_two() / 2
+        };
+        let base = max_keys / shards;
+        let extra = max_keys % shards;
+        MemoryStore {
+            inner: Arc::new(Inner {
+                shards: (0..shards)
+                    .map(|i| Shard {
+                        table: ShardLock::new(Table::new(base + usize::from(i < extra))),
+                    })
+                    .collect(),
+                shard_shift: 64 - shards.trailing_zeros(),
+                hasher: keyed_hasher(),
+                clock: self.clock,
+                max_keys,
+            }),
+        }
+    }
+}
+
+impl<C: Clock> MemoryStore<C> {
+    /// Limit states stored now (swept full buckets are not counted).
+    pub fn len(&self) -> usize {
+        self.inner
+            .shards
+            .iter()
+            .map(|s| lock_shard(&s.table).len)
+            .sum()
+    }
+
+    /// Whether no state is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The cap on stored limit states.
+    pub fn max_keys(&self) -> usize {
+        self.inner.max_keys
+    }
+
+    /// Drops every full bucket now. Never needed for correctness or bounded memory (that
+    /// happens as the store fills); useful to return memory after a burst of keys.
+    pub fn sweep(&self) {
+        let now = self.inner.clock.now_nanos();
+        for shard in &self.inner.shards {
+            lock_shard(&shard.table).sweep_and_shrink(now);
+        }
+    }
+
+    fn locate(&self, policy: &Policy, key: &str) -> (&Shard, u64) {
+        let hash = self.inner.hasher.hash_one((policy.name_hash(), key));
+        let shard = if self.inner.shard_shift == 64 {
+            0
+        } else {
+            (hash >> self.inner.shard_shift) as usize
+        };
+        (&self.inner.shards[shard], hash)
+    }
+
+    /// Runs `op` for `(policy, key)` at the store's current time.
+    fn run(&self, policy: &Policy, key: &str, op: Op) -> Decision {
+        let (shard, hash) = self.locate(policy, key);
+        let now = self.inner.clock.now_nanos();
+        let verdict = match policy.rates_ns() {
+            [rate] => run_single(shard, fingerprint(hash, 0), *rate, now, op),
+            rates => run_multi(shard, hash, rates, now, op),
+        };
+        Decision::from_verdict(&verdict, UNIT_NS)
+    }
+
+    fn forget(&self, policy: &Policy, key: &str) {
+        let (shard, hash) = self.locate(policy, key);
+        let mut table = lock_shard(&shard.table);
+        for index in 0..policy.limits().len() {
+            table.remove(fingerprint(hash, index));
+        }
+    }
+}
+
+/// A hasher with fresh random keys, so fingerprints cannot be predicted from outside.
+#[cfg(not(loom))]
+fn keyed_hasher() -> ahash::RandomState {
+    ahash::RandomState::new()
+}
+
+/// Under loom every run of a model must do the same operations: fixed keys.
+#[cfg(loom)]
+fn keyed_hasher() -> ahash::RandomState {
+    ahash::RandomState::with_seeds(1, 2, 3, 4)
+}
+
+/// A single-limit decision under the shard lock.
+#[inline]
+fn run_single(shard: &Shard, fingerprint: u64, rate: Rate, now: u64, op: Op) -> Verdict {
+    let mut table = lock_shard(&shard.table);
+    let found = table.find(fingerprint);
+    let mut tats = [found.map_or(table.swept_at, |slot| table.slots[slot].tat)];
+    let verdict = gcra::evaluate(&[rate], &mut tats, now, op);
+    if verdict.write {
+        match found {
+            Some(slot) => table.slots[slot].tat = tats[0],
+            None => table.insert(fingerprint, tats[0], now),
+        }
+    }
+    verdict
+}
+
+/// A multi-limit decision: all limits of one key live in the same shard, and its lock
+/// makes the check-and-consume across them atomic.
+fn run_multi(shard: &Shard, hash: u64, rates: &[Rate], now: u64, op: Op) -> Verdict {
+    let count = rates.len().min(MAX_LIMITS);
+    let rates = &rates[..count];
+    let mut fingerprints = [0u64; MAX_LIMITS];
+    for (index, fp) in fingerprints[..count].iter_mut().enumerate() {
+        *fp = fingerprint(hash, index);
+    }
+    let fingerprints = &fingerprints[..count];
+    let mut tats = [0u64; MAX_LIMITS];
+    let tats = &mut tats[..count];
+    let mut table = lock_shard(&shard.table);
+    for (tat, &fp) in tats.iter_mut().zip(fingerprints) {
+        *tat = table.tat_of(fp);
+    }
+    let verdict = gcra::evaluate(rates, tats, now, op);
+    if verdict.write {
+        let missing = fingerprints
+            .iter()
+            .filter(|&&fp| table.find(fp).is_none())
+            .count();
+        table.reserve(now, missing);
+        for (&fp, &tat) in fingerprints.iter().zip(tats.iter()) {
+            match table.find(fp) {
+                Some(slot) => table.slots[slot].tat = tat,
+                None => table.insert(fp, tat, now),
+            }
+        }
+    }
+    verdict
+}
+
+/// The fingerprint of limit `index` of the key whose keyed hash is `hash`. Limit 0 uses the
+/// hash itself; others a bijective remix of it, so fingerprints of one key never collide
+/// with each other and are as unpredictable as the hash.
+#[inline]
+fn fingerprint(hash: u64, index: usize) -> u64 {
+    let fp = if index == 0 {
+        hash
+    } else {
+        // splitmix64's finalizer: a bijection on u64.
+        let mut z = hash.wrapping_add((index as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    if fp == 0 { 0x5bd1_e995 } else { fp }
+}
+
+impl Table {
+    fn new(cap: usize) -> Self {
+        let max_slots = (cap + cap / 7 + 2).next_power_of_two().max(MIN_SLOTS);
+        Table {
+            slots: vec![Slot::default(); MIN_SLOTS].into_boxed_slice(),
+            len: 0,
+            cap,
+            max_slots,
+            swept_at: 0,
+            inserts_since_sweep: 0,
+        }
+    }
+
+    fn mask(&self) -> usize {
+        self.slots.len() - 1
+    }
+
+    /// The slot holding `fingerprint`, if any. Terminates: the table is never full.
+    #[inline]
+    fn find(&self, fingerprint: u64) -> Option<usize> {
+        let mask = self.mask();
+        let mut i = fingerprint as usize & mask;
+        loop {
+            let slot = &self.slots[i];
+            if slot.fingerprint == fingerprint {
+                return Some(i);
+            }
+            if slot.fingerprint == 0 {
+                return None;
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// The TAT of `fingerprint`, reading an absent one as full since the last sweep.
+    fn tat_of(&self, fingerprint: u64) -> u64 {
+        self.find(fingerprint)
+            .map_or(self.swept_at, |slot| self.slots[slot].tat)
+    }
+
+    /// Inserts an absent `fingerprint`, making room first.
+    fn insert(&mut self, fingerprint: u64, tat: u64, now: u64) {
+        self.reserve(now, 1);
+        let slot = self.empty_slot_for(fingerprint);
+        self.slots[slot] = Slot { fingerprint, tat };
+        self.len += 1;
+        self.inserts_since_sweep += 1;
+    }
+
+    /// The first empty slot on `fingerprint`'s probe path.
+    fn empty_slot_for(&self, fingerprint: u64) -> usize {
+        let mask = self.mask();
+        let mut i = fingerprint as usize & mask;
+        while self.slots[i].fingerprint != 0 {
+            i = (i + 1) & mask;
+        }
+        i
+    }
+
+    /// Makes room for `extra` more entries: within the shard's cap and at most 7/8 load.
+    /// First drops full buckets (in place, no allocation); at the cap evicts the entries
+    /// nearest to full down to 7/8 of it; grows the table only if it would otherwise stay
+    /// more than half full, so the next sweep is far off (amortised O(1) per insert).
+    fn reserve(&mut self, now: u64, extra: usize) {
+        if self.len + extra <= self.cap && (self.len + extra) * 8 <= self.slots.len() * 7 {
+            return;
+        }
+        let at_cap = self.len + extra > self.cap || self.slots.len() >= self.max_slots;
+        if !at_cap && self.inserts_since_sweep < self.slots.len() / 2 {
+            // Sweeps are coming too often: the working set outgrew the table (keys that
+            // were swept as full keep coming back). Grow instead of sweeping again.
+            self.resize(self.slots.len() * 2);
+            return;
+        }
+        self.sweep(now.saturating_sub(SWEEP_GRACE_NS));
+        if self.len + extra > self.cap {
+            self.evict(extra);
+        }
+        let needed = self.len + extra;
+        if needed * 2 > self.slots.len() && self.slots.len() < self.max_slots {
+            self.resize((needed * 2).next_power_of_two().min(self.max_slots));
+        }
+        if needed * 8 > self.slots.len() * 7 {
+            // Only when one write needs more entries than the whole cap (tiny caps).
+            self.resize((needed + needed / 7 + 2).next_power_of_two());
+        }
+    }
+
+    /// Drops every bucket that was full at `now` (TAT at or before it).
+    fn sweep(&mut self, now: u64) {
+        self.swept_at = self.swept_at.max(now);
+        self.inserts_since_sweep = 0;
+        let full = self
+            .slots
+            .iter()
+            .filter(|s| s.fingerprint != 0 && s.tat <= now)
+            .count();
+        if full * 4 > self.len {
+            // Mostly full buckets: copying the rest into a fresh table is cheaper than
+            // shifting entries for each removal.
+            let size = self.slots.len();
+            let old = std::mem::replace(
+                &mut self.slots,
+                vec![Slot::default(); size].into_boxed_slice(),
+            );
+            self.len = 0;
+            for entry in old.iter().filter(|s| s.fingerprint != 0 && s.tat > now) {
+                let slot = self.empty_slot_for(entry.fingerprint);
+                self.slots[slot] = *entry;
+                self.len += 1;
+            }
+        } else if full > 0 {
+            self.retain(|slot| slot.tat > now);
+        }
+    }
+
+    /// Drops full buckets and returns memory: shrinks a table that is mostly empty.
+    fn sweep_and_shrink(&mut self, now: u64) {
+        self.sweep(now);
+        if self.len * 8 < self.slots.len() && self.slots.len() > MIN_SLOTS {
+            self.resize((self.len * 2).next_power_of_two().max(MIN_SLOTS));
+        }
+    }
+
+    /// Evicts the entries nearest to full (smallest TAT) so that `extra` more fit, down to
+    /// 7/8 of the cap: a key deep in debt goes only after every less indebted one in its
+    /// shard.
+    fn evict(&mut self, extra: usize) {
+        let keep = self.cap.saturating_sub(extra.max((self.cap / 8).max(1)));
+        let evict = self.len.saturating_sub(keep);
+        if evict == 0 {
+            return;
+        }
+        let mut tats: Vec<u64> = self
+            .slots
+            .iter()
+            .filter(|s| s.fingerprint != 0)
+            .map(|s| s.tat)
+            .collect();
+        let (_, &mut threshold, _) = tats.select_nth_unstable(evict - 1);
+        // Everything below the threshold goes, then entries at it until enough are gone.
+        let below = tats.iter().filter(|&&tat| tat < threshold).count();
+        let mut at_threshold = evict - below;
+        self.retain(|slot| {
+            if slot.tat < threshold {
+                false
+            } else if slot.tat == threshold && at_threshold > 0 {
+                at_threshold -= 1;
+                false
+            } else {
+                true
+            }
+        });
+    }
+
+    /// Keeps the entries for which `keep` is true, with backward-shift deletion. After a
+    /// deletion at `i` the slot is examined again (an entry shifted into it); entries only
+    /// ever move into the hole, so every entry is examined at least once.
+    fn retain(&mut self, mut keep: impl FnMut(&Slot) -> bool) {
+        let mut i = 0;
+        while i < self.slots.len() {
+            let slot = self.slots[i];
+            if slot.fingerprint != 0 && !keep(&slot) {
+                self.remove_at(i);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Moves every entry into a fresh table of `slots` slots.
+    fn resize(&mut self, slots: usize) {
+        let old = std::mem::replace(
+            &mut self.slots,
+            vec![Slot::default(); slots].into_boxed_slice(),
+        );
+        for entry in old.iter().filter(|s| s.fingerprint != 0) {
+            let slot = self.empty_slot_for(entry.fingerprint);
+            self.slots[slot] = *entry;
+        }
+    }
+
+    /// Removes `fingerprint`, if present.
+    fn remove(&mut self, fingerprint: u64) {
+        if let Some(slot) = self.find(fingerprint) {
+            self.remove_at(slot);
+        }
+    }
+
+    /// Empties `slot` with backward-shift deletion (no tombstones).
+    fn remove_at(&mut self, slot: usize) {
+        let mut hole = slot;
+        let mask = self.mask();
+        let mut next = hole;
+        loop {
+            next = (next + 1) & mask;
+            let candidate = self.slots[next].fingerprint;
+            if candidate == 0 {
+                break;
+            }
+            let home = candidate as usize & mask;
+            // Move the entry back if the hole lies on its probe path (between home and it).
+            if next.wrapping_sub(home) & mask >= next.wrapping_sub(hole) & mask {
+                self.slots[hole] = self.slots[next];
+                hole = next;
+            }
+        }
+        self.slots[hole] = Slot::default();
+        self.len -= 1;
+    }
+}
+
+impl<C: Clock> Store for MemoryStore<C> {
+    type Clock = C;
+    const VALIDATES_COST: bool = true;
+
+    fn clock(&self) -> &C {
+        &self.inner.clock
+    }
+
+    async fn acquire(&self, policy: &Policy, key: &str, cost: u32) -> Result<Decision, Error> {
+        policy.check_cost(cost)?;
+        Ok(self.run(policy, key, Op::Acquire(cost)))
+    }
+
+    async fn peek(&self, policy: &Policy, key: &str) -> Result<Decision, Error> {
+        Ok(self.run(policy, key, Op::Peek))
+    }
+
+    async fn reset(&self, policy: &Policy, key: &str) -> Result<(), Error> {
+        self.forget(policy, key);
+        Ok(())
+    }
+
+    async fn charge(&self, policy: &Policy, key: &str, cost: u32) -> Result<Decision, Error> {
+        if cost == 0 {
+            return Err(Error::InvalidCost {
+                cost,
+                reason: "a request costs at least 1",
+            });
+        }
+        Ok(self.run(policy, key, Op::Charge(cost)))
+    }
+}
