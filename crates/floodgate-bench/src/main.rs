@@ -3,7 +3,7 @@
 //! bucket, interleaved in one process, reported as medians and ratios.
 //!
 //! `cargo run --release -p floodgate-bench` (options: `--runs N`, `--millis M` per cell,
-//! `--quick` for a short smoke run).
+//! `--keys K` for one key count only, `--quick` for a short smoke run).
 
 use std::collections::HashMap;
 use std::future::Future;

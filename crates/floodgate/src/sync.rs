@@ -14,10 +14,10 @@ pub(crate) use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The lock of a memory-store shard. Its critical sections are a probe and a few integer
 /// operations, so it spins: one atomic read-modify-write to take it, a plain store to
-/// release it. It yields to the OS scheduler now and then, in case the holder was
-/// preempted.
+/// release it. Under contention it backs off exponentially and then yields to the OS
+/// scheduler, in case the holder was preempted.
 #[cfg(not(loom))]
-pub(crate) type ShardLock<T> = spin::mutex::SpinMutex<T, SpinThenYield>;
+pub(crate) type ShardLock<T> = spin::mutex::SpinMutex<T>;
 #[cfg(loom)]
 pub(crate) type ShardLock<T> = loom::sync::Mutex<T>;
 
@@ -25,35 +25,37 @@ pub(crate) type ShardLock<T> = loom::sync::Mutex<T>;
 #[cfg(not(loom))]
 #[inline]
 pub(crate) fn lock_shard<T>(lock: &ShardLock<T>) -> impl DerefMut<Target = T> + '_ {
-    lock.lock()
+    if let Some(guard) = lock.try_lock() {
+        return guard;
+    }
+    lock_contended(lock)
+}
+
+/// Takes a contended shard lock with exponential backoff: waiting without touching the
+/// lock's cache line lets the holder finish and release without interference.
+#[cfg(not(loom))]
+#[cold]
+fn lock_contended<T>(lock: &ShardLock<T>) -> spin::mutex::SpinMutexGuard<'_, T> {
+    let mut backoff = 1u32;
+    loop {
+        for _ in 0..backoff {
+            std::hint::spin_loop();
+        }
+        if let Some(guard) = lock.try_lock() {
+            return guard;
+        }
+        if backoff < 64 {
+            backoff *= 2;
+        } else {
+            std::thread::yield_now();
+        }
+    }
 }
 
 /// Takes a shard lock.
 #[cfg(loom)]
 pub(crate) fn lock_shard<T>(lock: &ShardLock<T>) -> impl DerefMut<Target = T> + '_ {
     self::lock(lock)
-}
-
-/// Spins with the CPU's pause hint, yielding the thread every 64 spins.
-#[cfg(not(loom))]
-pub(crate) struct SpinThenYield;
-
-#[cfg(not(loom))]
-impl spin::RelaxStrategy for SpinThenYield {
-    #[inline]
-    fn relax() {
-        thread_local!(static SPINS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) });
-        let spins = SPINS.with(|s| {
-            let n = s.get().wrapping_add(1);
-            s.set(n);
-            n
-        });
-        if spins % 64 == 0 {
-            std::thread::yield_now();
-        } else {
-            std::hint::spin_loop();
-        }
-    }
 }
 
 /// Locks ignoring poison: no critical section in floodgate leaves state half-written on a

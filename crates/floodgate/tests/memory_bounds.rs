@@ -54,7 +54,7 @@ fn a_flood_of_a_million_keys_keeps_the_cap_and_the_victim_throttled() {
     flood(1_000_000, 100_000);
 }
 
-/// Ten million keys: about 20 s in release mode. Run with
+/// Ten million keys: about 5 s in release mode on a 2-core VM. Run with
 /// `cargo test --release -p floodgate --test memory_bounds -- --ignored`.
 #[test]
 #[ignore = "long: ten million keys"]

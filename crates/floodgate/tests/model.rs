@@ -137,8 +137,17 @@ fn replay(
     }
 }
 
+/// 512 cases by default; `PROPTEST_CASES=20000` for a longer run.
+fn config() -> ProptestConfig {
+    let mut config = ProptestConfig::default();
+    if std::env::var_os("PROPTEST_CASES").is_none() {
+        config.cases = 512;
+    }
+    config
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+    #![proptest_config(config())]
 
     /// Few keys, so no table is ever rebuilt: exact agreement even when the clock steps
     /// back.

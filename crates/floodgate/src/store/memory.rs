@@ -298,17 +298,7 @@ fn run_multi(shard: &Shard, hash: u64, rates: &[Rate], now: u64, op: Op) -> Verd
     }
     let verdict = gcra::evaluate(rates, tats, now, op);
     if verdict.write {
-        let missing = fingerprints
-            .iter()
-            .filter(|&&fp| table.find(fp).is_none())
-            .count();
-        table.reserve(now, missing);
-        for (&fp, &tat) in fingerprints.iter().zip(tats.iter()) {
-            match table.find(fp) {
-                Some(slot) => table.slots[slot].tat = tat,
-                None => table.insert(fp, tat, now),
-            }
-        }
+        table.store_all(fingerprints, tats, now);
     }
     verdict
 }
@@ -370,9 +360,36 @@ impl Table {
             .map_or(self.swept_at, |slot| self.slots[slot].tat)
     }
 
+    /// Stores the TATs of all limits of one key. If some are new, the key's entries are
+    /// taken out first and room is made for all of them at once, so making room (sweeping,
+    /// evicting) can never drop an entry this very write is storing.
+    fn store_all(&mut self, fingerprints: &[u64], tats: &[u64], now: u64) {
+        if fingerprints.iter().all(|&fp| self.find(fp).is_some()) {
+            for (&fp, &tat) in fingerprints.iter().zip(tats) {
+                if let Some(slot) = self.find(fp) {
+                    self.slots[slot].tat = tat;
+                }
+            }
+            return;
+        }
+        for &fp in fingerprints {
+            self.remove(fp);
+        }
+        self.reserve(now, fingerprints.len());
+        for (&fp, &tat) in fingerprints.iter().zip(tats) {
+            self.insert_reserved(fp, tat);
+        }
+    }
+
     /// Inserts an absent `fingerprint`, making room first.
     fn insert(&mut self, fingerprint: u64, tat: u64, now: u64) {
         self.reserve(now, 1);
+        self.insert_reserved(fingerprint, tat);
+    }
+
+    /// Inserts an absent `fingerprint` into room made by an earlier [`reserve`](Self::reserve)
+    /// (which must have counted it).
+    fn insert_reserved(&mut self, fingerprint: u64, tat: u64) {
         let slot = self.empty_slot_for(fingerprint);
         self.slots[slot] = Slot { fingerprint, tat };
         self.len += 1;
@@ -402,11 +419,11 @@ impl Table {
             // Sweeps are coming too often: the working set outgrew the table (keys that
             // were swept as full keep coming back). Grow instead of sweeping again.
             self.resize(self.slots.len() * 2);
-            return;
-        }
-        self.sweep(now.saturating_sub(SWEEP_GRACE_NS));
-        if self.len + extra > self.cap {
-            self.evict(extra);
+        } else {
+            self.sweep(now.saturating_sub(SWEEP_GRACE_NS));
+            if self.len + extra > self.cap {
+                self.evict(extra);
+            }
         }
         let needed = self.len + extra;
         if needed * 2 > self.slots.len() && self.slots.len() < self.max_slots {
@@ -572,5 +589,193 @@ impl<C: Clock> Store for MemoryStore<C> {
             });
         }
         Ok(self.run(policy, key, Op::Charge(cost)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{Limit, ManualClock};
+
+    fn stored_tats(
+        store: &MemoryStore<ManualClock>,
+        policy: &Policy,
+        key: &str,
+    ) -> Vec<Option<u64>> {
+        let (shard, hash) = store.locate(policy, key);
+        let table = lock_shard(&shard.table);
+        (0..policy.limits().len())
+            .map(|i| {
+                table
+                    .find(fingerprint(hash, i))
+                    .map(|slot| table.slots[slot].tat)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_denial_by_the_second_of_three_limits_changes_no_state() {
+        let clock = ManualClock::new();
+        let store = MemoryStore::builder().clock(clock.clone()).build();
+        let policy = Policy::new(
+            "three",
+            [
+                Limit::per_hour(100),
+                Limit::per_second(2),
+                Limit::per_day(1_000),
+            ],
+        )
+        .unwrap();
+        for _ in 0..2 {
+            assert!(store.run(&policy, "k", Op::Acquire(1)).is_allowed());
+        }
+        clock.advance(Duration::from_millis(100));
+        let before = stored_tats(&store, &policy, "k");
+        assert!(before.iter().all(Option::is_some));
+        let denied = store.run(&policy, "k", Op::Acquire(1));
+        assert!(!denied.is_allowed());
+        assert_eq!(denied.decided_by(), 1);
+        assert_eq!(stored_tats(&store, &policy, "k"), before);
+    }
+
+    #[test]
+    fn backward_shift_deletion_keeps_every_other_entry_findable() {
+        let mut table = Table::new(1_000);
+        // Fingerprints crowded onto a few home slots, so probe chains wrap and overlap.
+        let fingerprints: Vec<u64> = (1..=60u64)
+            .map(|i| (i << 32) | (i % 3) | 0x1_0000_0000_0000)
+            .collect();
+        for (i, &fp) in fingerprints.iter().enumerate() {
+            table.insert(fp, 1_000 + i as u64, 0);
+        }
+        for (removed, &fp) in fingerprints.iter().enumerate().step_by(2) {
+            table.remove(fp);
+            for (i, &other) in fingerprints.iter().enumerate() {
+                let expected = (i > removed || i % 2 == 1).then_some(1_000 + i as u64);
+                assert_eq!(
+                    table.find(other).map(|s| table.slots[s].tat),
+                    expected,
+                    "fp #{i} after removing #{removed}"
+                );
+            }
+        }
+        assert_eq!(table.len, 30);
+    }
+
+    #[test]
+    fn a_sweep_drops_exactly_the_full_buckets() {
+        let mut table = Table::new(1_000);
+        for i in 1..=200u64 {
+            table.insert(i.wrapping_mul(0x9e37_79b9_7f4a_7c15), i, 0);
+        }
+        table.sweep(100);
+        assert_eq!(table.len, 100);
+        for i in 1..=200u64 {
+            assert_eq!(
+                table.find(i.wrapping_mul(0x9e37_79b9_7f4a_7c15)).is_some(),
+                i > 100,
+                "tat {i}"
+            );
+        }
+        assert_eq!(table.swept_at, 100);
+        // Few full buckets: removed in place by shifting.
+        table.sweep(110);
+        assert_eq!(table.len, 90);
+        for i in 101..=200u64 {
+            assert_eq!(
+                table.find(i.wrapping_mul(0x9e37_79b9_7f4a_7c15)).is_some(),
+                i > 110,
+                "tat {i}"
+            );
+        }
+    }
+
+    #[derive(Clone, Debug)]
+    enum TableOp {
+        Write(Vec<u64>, u64),
+        Remove(u64),
+        Sweep(u64),
+        Advance(u64),
+    }
+
+    fn table_op() -> impl proptest::strategy::Strategy<Value = TableOp> {
+        use proptest::prelude::*;
+        // Few distinct fingerprints, crowded on a few home slots, so chains collide.
+        let fp = (1u64..80).prop_map(|i| (i << 40) | (i % 5));
+        prop_oneof![
+            6 => (proptest::collection::vec(fp.clone(), 1..=4), 1u64..5_000_000_000)
+                .prop_map(|(fps, ahead)| TableOp::Write(fps, ahead)),
+            2 => fp.prop_map(TableOp::Remove),
+            1 => (0u64..3_000_000_000).prop_map(TableOp::Sweep),
+            2 => (0u64..2_000_000_000).prop_map(TableOp::Advance),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever the operations, the table stays consistent: every stored entry is
+        /// findable with its TAT, `len` counts them, load stays at most 7/8 and the cap
+        /// holds (a single write may overshoot a cap smaller than itself). An entry leaves
+        /// only by removal, by a sweep that found it full, or by eviction when a write met
+        /// the cap — and then only entries no further from full than every survivor.
+        #[test]
+        fn the_table_stays_consistent(cap in 1usize..40, ops in proptest::collection::vec(table_op(), 1..300)) {
+            let mut table = Table::new(cap);
+            let mut now = 0u64;
+            let mut model: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
+            for op in ops {
+                let len_before = table.len;
+                let mut written: Vec<u64> = Vec::new();
+                let mut pressure = false;
+                let mut inserted = false;
+                let mut swept_below = 0;
+                match op {
+                    TableOp::Write(mut fps, ahead) => {
+                        fps.sort_unstable();
+                        fps.dedup();
+                        let missing = fps.iter().filter(|&&fp| table.find(fp).is_none()).count();
+                        pressure = table.len + missing > cap;
+                        inserted = missing > 0;
+                        swept_below = now.saturating_sub(SWEEP_GRACE_NS);
+                        table.store_all(&fps, &vec![now + ahead; fps.len()], now);
+                        for &fp in &fps {
+                            model.insert(fp, now + ahead);
+                        }
+                        written = fps;
+                    }
+                    TableOp::Remove(fp) => {
+                        table.remove(fp);
+                        model.remove(&fp);
+                    }
+                    TableOp::Sweep(at) => {
+                        swept_below = at.min(now);
+                        table.sweep(swept_below);
+                    }
+                    TableOp::Advance(step) => now += step,
+                }
+                let stored: Vec<Slot> = table.slots.iter().filter(|s| s.fingerprint != 0).copied().collect();
+                proptest::prop_assert_eq!(stored.len(), table.len);
+                proptest::prop_assert!(table.len * 8 <= table.slots.len() * 7);
+                // A write may overshoot a cap smaller than itself; nothing else adds entries.
+                let bound = if inserted { cap.max(written.len()) } else { cap.max(len_before) };
+                proptest::prop_assert!(table.len <= bound, "len {} above cap {}", table.len, cap);
+                for slot in &stored {
+                    proptest::prop_assert_eq!(table.find(slot.fingerprint).map(|s| table.slots[s].tat), Some(slot.tat));
+                    proptest::prop_assert_eq!(model.get(&slot.fingerprint), Some(&slot.tat));
+                }
+                for &fp in &written {
+                    proptest::prop_assert!(table.find(fp).is_some(), "a write lost its own entry");
+                }
+                let vanished: Vec<u64> = model.iter().filter(|(fp, _)| table.find(**fp).is_none()).map(|(_, &tat)| tat).collect();
+                let nearest_survivor = stored.iter().filter(|s| !written.contains(&s.fingerprint)).map(|s| s.tat).min();
+                for &tat in &vanished {
+                    let swept = tat <= swept_below;
+                    let evicted = pressure && nearest_survivor.is_none_or(|n| tat <= n);
+                    proptest::prop_assert!(swept || evicted, "tat {} vanished (now {}, pressure {})", tat, now, pressure);
+                }
+                model.retain(|fp, _| table.find(*fp).is_some());
+            }
+        }
     }
 }
