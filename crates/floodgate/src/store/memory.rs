@@ -692,6 +692,22 @@ mod tests {
         }
     }
 
+    /// Regression: making room for a multi-limit write once evicted one of that write's
+    /// own entries (the least indebted one) and then re-inserted it past the cap.
+    #[test]
+    fn making_room_for_a_write_never_evicts_its_own_entries() {
+        let (a, b, c, d) = (1 << 40, 2 << 40, 3 << 40, 4 << 40);
+        let mut table = Table::new(3);
+        table.store_all(&[a], &[5_000], 0);
+        table.store_all(&[b], &[1], 0);
+        table.store_all(&[c, b, d], &[10, 10, 10], 0);
+        assert_eq!(table.len, 3);
+        for fp in [b, c, d] {
+            assert_eq!(table.find(fp).map(|s| table.slots[s].tat), Some(10));
+        }
+        assert_eq!(table.find(a), None, "the other key makes room");
+    }
+
     #[derive(Clone, Debug)]
     enum TableOp {
         Write(Vec<u64>, u64),
