@@ -52,9 +52,9 @@ cases!(
 
 /// Runs every case, each on a fresh store from `make`, and panics naming the first case
 /// that fails.
-pub async fn run<S: Store>(make: impl Fn() -> Harness<S>) {
+pub async fn run<S: Store, F: std::future::Future<Output = Harness<S>>>(make: impl Fn() -> F) {
     for (name, case) in cases::<S>() {
-        let outcome = tokio::spawn(case(make())).await;
+        let outcome = tokio::spawn(case(make().await)).await;
         if let Err(error) = outcome {
             panic!("conformance case `{name}` failed: {error}");
         }

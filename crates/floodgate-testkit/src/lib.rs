@@ -7,6 +7,7 @@
 
 pub mod conformance;
 pub mod model;
+pub mod redis_server;
 pub mod window;
 
 use std::future::Future;

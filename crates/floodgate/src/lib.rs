@@ -60,8 +60,3 @@ pub use limit::{Limit, MAX_LIMITS, MAX_NAME_LEN, Policy};
 pub use limiter::RateLimiter;
 pub use store::Store;
 pub use store::memory::{DEFAULT_MAX_KEYS, MemoryStore, MemoryStoreBuilder};
-
-/// The README's examples, compiled and run as doctests.
-#[cfg(doctest)]
-#[doc = include_str!("../../../README.md")]
-struct ReadmeDoctests;

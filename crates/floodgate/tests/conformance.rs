@@ -17,14 +17,14 @@ fn fresh() -> Harness<MemoryStore<ManualClock>> {
 
 #[tokio::test]
 async fn memory_store_passes_the_conformance_suite() {
-    conformance::run(fresh).await;
+    conformance::run(|| async { fresh() }).await;
 }
 
 #[tokio::test]
 async fn a_tiny_memory_store_passes_the_conformance_suite() {
     // Small enough that sweeps and growth happen during the cases, big enough that no
     // case's keys are evicted.
-    conformance::run(|| {
+    conformance::run(|| async {
         let clock = ManualClock::new();
         let store = MemoryStore::builder()
             .clock(clock.clone())

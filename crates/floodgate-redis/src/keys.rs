@@ -1,0 +1,73 @@
+//! Redis key layout: `{prefix}fg1:{tag}:{limit}`.
+
+use std::fmt::Write;
+
+use floodgate::Policy;
+
+/// Version of the key layout and script protocol.
+pub(crate) const LAYOUT: &str = "fg1";
+
+/// The Redis keys of every limit of `(policy, key)`.
+pub(crate) fn keys(prefix: &str, policy: &Policy, key: &str) -> Vec<String> {
+    let tag = tag(policy.name(), key);
+    (0..policy.limits().len())
+        .map(|i| format!("{prefix}{LAYOUT}:{{{tag}}}:{i}"))
+        .collect()
+}
+
+/// 32 hex digits of SHA-1(name, 0, key): a fixed-size hash tag that user text cannot shape.
+fn tag(name: &str, key: &str) -> String {
+    let mut digest = sha1_smol::Sha1::new();
+    digest.update(name.as_bytes());
+    digest.update(&[0]);
+    digest.update(key.as_bytes());
+    let bytes = digest.digest().bytes();
+    let mut tag = String::with_capacity(32);
+    for byte in &bytes[..16] {
+        let _ = write!(tag, "{byte:02x}");
+    }
+    tag
+}
+
+/// Checks a key prefix: braces would form a Cluster hash tag ahead of ours.
+pub(crate) fn validate_prefix(prefix: &str) -> Result<(), String> {
+    if prefix.contains(['{', '}']) {
+        return Err(format!(
+            "key prefix {prefix:?} contains a brace, which would change Cluster hash slots"
+        ));
+    }
+    if prefix.len() > 64 {
+        return Err(format!("key prefix is {} bytes; at most 64", prefix.len()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_short_tagged_and_shaped_by_nobody() {
+        let policy = Policy::parse("free", "5/s; 1000/d").unwrap();
+        let long = "x".repeat(100_000);
+        for user_key in ["user:42", "{evil}", "}{", &long] {
+            let keys = keys("app:", &policy, user_key);
+            assert_eq!(keys.len(), 2);
+            for (i, k) in keys.iter().enumerate() {
+                assert_eq!(k.len(), "app:fg1:{".len() + 32 + "}:0".len());
+                assert!(k.starts_with("app:fg1:{") && k.ends_with(&format!("}}:{i}")));
+                assert_eq!(k.matches('{').count(), 1);
+            }
+            assert_eq!(keys[0][..keys[0].len() - 1], keys[1][..keys[1].len() - 1]);
+        }
+        assert_ne!(keys("", &policy, "a"), keys("", &policy, "b"));
+        let other = Policy::parse("pro", "5/s; 1000/d").unwrap();
+        assert_ne!(keys("", &policy, "a"), keys("", &other, "a"));
+    }
+
+    #[test]
+    fn prefixes_with_braces_are_refused() {
+        assert!(validate_prefix("app:").is_ok());
+        assert!(validate_prefix("{app}:").is_err());
+    }
+}

@@ -1,0 +1,40 @@
+//! A Redis store for [`floodgate`]: many application instances share one set of
+//! token buckets, each decision one atomic round trip.
+//!
+//! Every decision runs a Lua script inside Redis that reads, checks and updates all limits
+//! of a policy at once, on the Redis server's clock (so application nodes with skewed clocks
+//! cannot over-admit). Keys carry a TTL of the time until their bucket is full again.
+//!
+//! ```no_run
+//! use floodgate::{Policy, RateLimiter};
+//! use floodgate_redis::RedisStore;
+//!
+//! # async fn run() -> Result<(), floodgate::Error> {
+//! let store = RedisStore::connect("redis://127.0.0.1:6379").await?;
+//! let limiter = RateLimiter::new(store);
+//! let free = Policy::parse("free", "5/s burst 10; 1000/day")?;
+//! let decision = limiter.check(&free, "user:42").await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Keys
+//!
+//! The state of limit `i` of `(policy, key)` lives at `{prefix}fg1:{tag}:{i}`, where `tag` is
+//! 32 hex digits of a SHA-1 digest of the policy name and your key. So keys of any length
+//! make short Redis keys, braces in your keys never form a Cluster hash tag, and all limits
+//! of one key share a hash slot. `fg1` is the layout version: a future layout will use
+//! another, so both can coexist during a rolling upgrade.
+//!
+//! State is keyed by the policy's *name*: changing a policy's rates under the same name keeps
+//! the stored TATs and reads them with the new rates (a throttled key stays throttled for at
+//! most its old debt). Rename the policy to start from full buckets.
+
+mod keys;
+mod store;
+
+pub use store::{RedisStore, RedisStoreBuilder};
+
+/// The README's examples (core and Redis), compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+struct ReadmeDoctests;

@@ -1,0 +1,434 @@
+//! `RedisStore`: the `Store` implementation over one Redis server.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use floodgate::gcra::Verdict;
+use floodgate::{Clock, Decision, Error, Limit, ManualClock, MonotonicClock, Policy, Store};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::keys;
+
+/// Microseconds: Redis decisions' time unit (Lua numbers are exact to 2^53).
+const UNIT_NS: u64 = 1_000;
+const DEFAULT_TIMEOUT: Duration = Duration::from_millis(100);
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+const OP_ACQUIRE: u8 = 1;
+const OP_PEEK: u8 = 2;
+const OP_CHARGE: u8 = 3;
+
+/// Bucket state in Redis, shared by every process that uses the same server and prefix.
+///
+/// Cheap to clone: clones share one multiplexed connection, which reconnects by itself
+/// after the server restarts. A request whose outcome is unknown (a timeout, a connection
+/// lost after sending) is never sent again: it surfaces as [`Error::Store`]. A script
+/// missing from the server's cache (after a restart, failover or `SCRIPT FLUSH`) is loaded
+/// and the call retried transparently: that error means the script never ran.
+#[derive(Clone)]
+pub struct RedisStore<C: Clock = MonotonicClock> {
+    connection: ConnectionManager,
+    script: Arc<redis::Script>,
+    prefix: Arc<str>,
+    timeout: Duration,
+    clock: C,
+    /// Send the clock's time to the script instead of using Redis's `TIME` (tests only).
+    send_time: bool,
+    url: Arc<str>,
+}
+
+/// Builds a [`RedisStore`].
+#[must_use]
+pub struct RedisStoreBuilder<C: Clock = MonotonicClock> {
+    url: String,
+    prefix: String,
+    timeout: Duration,
+    connect_timeout: Duration,
+    clock: C,
+    send_time: bool,
+}
+
+impl RedisStore {
+    /// Connects to `url` (`redis://[user:password@]host:port[/db]`) with default settings.
+    pub async fn connect(url: &str) -> Result<Self, Error> {
+        Self::builder(url).build().await
+    }
+
+    /// A builder for the key prefix, timeouts and (for tests) a manual clock.
+    pub fn builder(url: &str) -> RedisStoreBuilder {
+        RedisStoreBuilder {
+            url: url.to_owned(),
+            prefix: String::new(),
+            timeout: DEFAULT_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            clock: MonotonicClock::new(),
+            send_time: false,
+        }
+    }
+}
+
+impl<C: Clock> RedisStoreBuilder<C> {
+    /// A prefix for every key this store writes (default none), to share a Redis server
+    /// between applications. Must not contain `{` or `}`.
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// How long one decision may take before it fails with [`Error::Store`] (default
+    /// 100 ms). A timed-out request is not retried: it may or may not have been applied.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// How long connecting may take (default 2 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// **For tests only**: decide on `clock` instead of the Redis server's `TIME`, so a test
+    /// can drive Redis-backed decisions with a [`ManualClock`]. Never use it in production:
+    /// nodes with different clocks would disagree about every bucket.
+    pub fn manual_clock(self, clock: ManualClock) -> RedisStoreBuilder<ManualClock> {
+        RedisStoreBuilder {
+            url: self.url,
+            prefix: self.prefix,
+            timeout: self.timeout,
+            connect_timeout: self.connect_timeout,
+            clock,
+            send_time: true,
+        }
+    }
+
+    /// Connects and checks the server: refuses bad URLs and settings with a clear error,
+    /// and warns (on standard error) when Redis may evict limiter keys.
+    pub async fn build(self) -> Result<RedisStore<C>, Error> {
+        let redacted = redact(&self.url);
+        keys::validate_prefix(&self.prefix).map_err(|reason| config("key_prefix", reason))?;
+        if self.timeout.is_zero() {
+            return Err(config("timeout", "must be longer than zero".into()));
+        }
+        if self.url.starts_with("rediss://") {
+            return Err(config(
+                "url",
+                format!(
+                    "{redacted}: TLS (rediss://) is not supported by this build of floodgate-redis yet"
+                ),
+            ));
+        }
+        if !self.url.starts_with("redis://")
+            && !self.url.starts_with("redis+unix://")
+            && !self.url.starts_with("unix://")
+        {
+            return Err(config(
+                "url",
+                format!("{redacted}: expected a redis:// URL"),
+            ));
+        }
+        let client = redis::Client::open(self.url.as_str()).map_err(|e| {
+            config(
+                "url",
+                format!("{redacted}: {}", sanitize(&e.to_string(), &self.url)),
+            )
+        })?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.timeout))
+            .set_number_of_retries(1);
+        let connect = ConnectionManager::new_with_config(client, manager_config);
+        let connection = match tokio::time::timeout(self.connect_timeout, connect).await {
+            Ok(Ok(connection)) => connection,
+            Ok(Err(e)) => {
+                return Err(store_error(format!(
+                    "cannot connect to {redacted}: {}",
+                    sanitize(&e.to_string(), &self.url)
+                )));
+            }
+            Err(_) => {
+                return Err(store_error(format!(
+                    "cannot connect to {redacted}: no answer within {:?}",
+                    self.connect_timeout
+                )));
+            }
+        };
+        let store = RedisStore {
+            connection,
+            script: Arc::new(redis::Script::new(include_str!("scripts/decide.lua"))),
+            prefix: self.prefix.into(),
+            timeout: self.timeout,
+            clock: self.clock,
+            send_time: self.send_time,
+            url: redacted.into(),
+        };
+        store.warn_if_keys_can_be_evicted().await;
+        Ok(store)
+    }
+}
+
+impl<C: Clock> RedisStore<C> {
+    /// Warns when `maxmemory-policy` lets Redis evict keys that carry a TTL (all of ours):
+    /// an evicted bucket is a reset.
+    async fn warn_if_keys_can_be_evicted(&self) {
+        let mut connection = self.connection.clone();
+        let reply: Result<Vec<String>, _> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("maxmemory-policy")
+            .query_async(&mut connection)
+            .await;
+        if let Ok(values) = reply {
+            if let Some(policy) = values.get(1) {
+                if policy != "noeviction" {
+                    eprintln!(
+                        "floodgate-redis: {} has maxmemory-policy {policy}: under memory pressure Redis may \
+                         evict rate-limit keys, which resets those buckets; use noeviction",
+                        self.url
+                    );
+                }
+            }
+        }
+    }
+
+    async fn decide(
+        &self,
+        policy: &Policy,
+        key: &str,
+        op: u8,
+        cost: u32,
+    ) -> Result<Decision, Error> {
+        let keys = keys::keys(&self.prefix, policy, key);
+        let mut invocation = self.script.prepare_invoke();
+        for k in &keys {
+            invocation.key(k);
+        }
+        let now = if self.send_time {
+            (self.clock.now_nanos() / UNIT_NS).to_string()
+        } else {
+            "-1".to_owned()
+        };
+        invocation.arg(op).arg(cost).arg(now);
+        for limit in policy.limits() {
+            let rate = rate_in_micros(limit)?;
+            invocation.arg(rate.interval()).arg(rate.burst());
+        }
+        let mut connection = self.connection.clone();
+        let reply: Vec<i64> = match tokio::time::timeout(
+            self.timeout,
+            invocation.invoke_async(&mut connection),
+        )
+        .await
+        {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(e)) => {
+                return Err(store_error(format!(
+                    "{}: {}",
+                    self.url,
+                    sanitize(&e.to_string(), &self.url)
+                )));
+            }
+            Err(_) => {
+                return Err(store_error(format!(
+                    "{}: no reply within {:?}; the decision may or may not have been applied",
+                    self.url, self.timeout
+                )));
+            }
+        };
+        parse_reply(&reply, policy.limits().len())
+    }
+}
+
+/// A limit in microseconds, or `InvalidLimit` when rounding to microseconds would lose more
+/// than 1% of its rate.
+fn rate_in_micros(limit: &Limit) -> Result<floodgate::gcra::Rate, Error> {
+    limit
+        .rate_in_unit(UNIT_NS)
+        .ok_or_else(|| Error::InvalidLimit {
+            limit: limit.to_string(),
+            reason:
+                "too fast for the Redis store, which counts whole microseconds: the interval would \
+                 round by more than 1%"
+                    .into(),
+        })
+}
+
+fn parse_reply(reply: &[i64], limits: usize) -> Result<Decision, Error> {
+    let bad = || {
+        store_error(format!(
+            "unexpected reply from the decision script: {reply:?}"
+        ))
+    };
+    let &[
+        allowed,
+        decided_by,
+        burst,
+        left,
+        interval,
+        retry_after,
+        reset_after,
+    ] = reply
+    else {
+        return Err(bad());
+    };
+    let decided_by = usize::try_from(decided_by)
+        .ok()
+        .filter(|&i| i < limits)
+        .ok_or_else(bad)?;
+    let value = |v: i64| u64::try_from(v).map_err(|_| bad());
+    let verdict = Verdict {
+        allowed: allowed == 1,
+        decided_by,
+        burst: value(burst)?,
+        left: value(left)?,
+        interval: value(interval)?.max(1),
+        retry_after: value(retry_after)?,
+        reset_after: value(reset_after)?,
+        write: false,
+    };
+    Ok(Decision::from_verdict(&verdict, UNIT_NS))
+}
+
+impl<C: Clock> Store for RedisStore<C> {
+    type Clock = C;
+
+    fn clock(&self) -> &C {
+        &self.clock
+    }
+
+    async fn acquire(&self, policy: &Policy, key: &str, cost: u32) -> Result<Decision, Error> {
+        policy.check_cost(cost)?;
+        self.decide(policy, key, OP_ACQUIRE, cost).await
+    }
+
+    async fn peek(&self, policy: &Policy, key: &str) -> Result<Decision, Error> {
+        self.decide(policy, key, OP_PEEK, 1).await
+    }
+
+    async fn reset(&self, policy: &Policy, key: &str) -> Result<(), Error> {
+        let keys = keys::keys(&self.prefix, policy, key);
+        let mut connection = self.connection.clone();
+        let mut command = redis::cmd("DEL");
+        command.arg(&keys);
+        let delete = command.query_async::<i64>(&mut connection);
+        match tokio::time::timeout(self.timeout, delete).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(store_error(format!(
+                "{}: {}",
+                self.url,
+                sanitize(&e.to_string(), &self.url)
+            ))),
+            Err(_) => Err(store_error(format!(
+                "{}: no reply to a reset within {:?}",
+                self.url, self.timeout
+            ))),
+        }
+    }
+
+    async fn charge(&self, policy: &Policy, key: &str, cost: u32) -> Result<Decision, Error> {
+        if cost == 0 {
+            return Err(Error::InvalidCost {
+                cost,
+                reason: "a request costs at least 1",
+            });
+        }
+        self.decide(policy, key, OP_CHARGE, cost).await
+    }
+}
+
+impl<C: Clock> fmt::Debug for RedisStore<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("url", &self.url)
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .field("manual_clock", &self.send_time)
+            .finish()
+    }
+}
+
+impl<C: Clock> fmt::Debug for RedisStoreBuilder<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStoreBuilder")
+            .field("url", &redact(&self.url))
+            .field("prefix", &self.prefix)
+            .field("timeout", &self.timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+fn config(knob: &'static str, reason: String) -> Error {
+    Error::InvalidConfig { knob, reason }
+}
+
+fn store_error(message: String) -> Error {
+    Error::Store(message.into())
+}
+
+/// The URL with any password replaced by `***`, for messages and `Debug`.
+pub(crate) fn redact(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let rest = &url[scheme_end..];
+    let Some(at) = rest.rfind('@') else {
+        return url.to_owned();
+    };
+    let userinfo = &rest[..at];
+    let redacted = match userinfo.find(':') {
+        Some(colon) => format!("{}:***", &userinfo[..colon]),
+        None if userinfo.is_empty() => String::new(),
+        None => "***".to_owned(),
+    };
+    format!("{}{redacted}{}", &url[..scheme_end], &rest[at..])
+}
+
+/// An error message with the URL's password removed, should the client library echo it.
+fn sanitize(message: &str, url: &str) -> String {
+    let mut message = message.replace(url, &redact(url));
+    if let Some(password) = password(url) {
+        if !password.is_empty() {
+            message = message.replace(password, "***");
+        }
+    }
+    message
+}
+
+fn password(url: &str) -> Option<&str> {
+    let rest = &url[url.find("://")? + 3..];
+    let userinfo = &rest[..rest.rfind('@')?];
+    Some(&userinfo[userinfo.find(':')? + 1..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_appear_in_messages() {
+        assert_eq!(
+            redact("redis://user:s3cret@host:6379/0"),
+            "redis://user:***@host:6379/0"
+        );
+        assert_eq!(redact("redis://:s3cret@host"), "redis://:***@host");
+        assert_eq!(redact("redis://s3cret@host"), "redis://***@host");
+        assert_eq!(redact("redis://host:6379"), "redis://host:6379");
+        assert_eq!(
+            sanitize("failed: s3cret rejected", "redis://u:s3cret@h"),
+            "failed: *** rejected"
+        );
+    }
+
+    #[test]
+    fn replies_of_the_wrong_shape_are_errors() {
+        assert!(parse_reply(&[1, 0, 10, 5, 1], 1).is_err());
+        assert!(parse_reply(&[1, 3, 10, 5, 1, 0, 0], 1).is_err());
+        assert!(parse_reply(&[1, 0, 10, -5, 1, 0, 0], 1).is_err());
+        let d = parse_reply(&[1, 0, 10, 1_800_000, 200_000, 0, 200_000], 1).unwrap();
+        assert_eq!(
+            (d.remaining(), d.reset_after()),
+            (9, Duration::from_millis(200))
+        );
+    }
+}

@@ -1,0 +1,46 @@
+//! The shared conformance suite against a real `redis-server` of the test's own, driven by a
+//! manual clock through the test-only clock override.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use floodgate::{ManualClock, RateLimiter};
+use floodgate_redis::RedisStore;
+use floodgate_testkit::conformance::{self, Harness};
+use floodgate_testkit::redis_server::RedisServer;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_store_passes_the_conformance_suite() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let case = AtomicU32::new(0);
+    conformance::run(|| {
+        // A fresh prefix per case: fresh state on the shared server.
+        let prefix = format!("case{}:", case.fetch_add(1, Ordering::Relaxed));
+        let url = url.clone();
+        async move {
+            let clock = ManualClock::new();
+            let store = RedisStore::builder(&url)
+                .key_prefix(prefix)
+                .manual_clock(clock.clone())
+                .build()
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            Harness {
+                limiter: Arc::new(RateLimiter::new(store)),
+                clock,
+                resolution: Duration::from_micros(1),
+            }
+        }
+    })
+    .await;
+    // Every key written carries a TTL: PTTL is -1 for a key without one (-2 for a key that
+    // has expired since the scan).
+    let keys = server.cli(&["--scan", "--pattern", "*fg1:*"]);
+    assert!(!keys.is_empty(), "the suite wrote no keys");
+    for key in keys.lines() {
+        let ttl: i64 = server.cli(&["PTTL", key]).parse().unwrap_or(-3);
+        assert!(ttl > 0 || ttl == -2, "key {key} has PTTL {ttl}");
+    }
+}

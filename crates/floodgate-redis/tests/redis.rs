@@ -1,0 +1,152 @@
+//! The Redis store on the server's own clock, under script-cache loss, and with bad input.
+
+use std::time::{Duration, Instant};
+
+use floodgate::{Error, Limit, Policy, RateLimiter};
+use floodgate_redis::RedisStore;
+use floodgate_testkit::redis_server::RedisServer;
+
+#[tokio::test]
+async fn decides_on_the_servers_clock_and_sets_a_ttl_on_every_key() {
+    let server = RedisServer::start();
+    let limiter = RateLimiter::new(RedisStore::connect(&server.url()).await.unwrap());
+    let policy = Policy::parse("api", "10/s burst 5; 1000/d").unwrap();
+    let mut admitted = 0;
+    while limiter.check(&policy, "user:1").await.unwrap().is_allowed() {
+        admitted += 1;
+    }
+    // Five admitted at once; a sixth only if a refill landed during the loop (100 ms each).
+    assert!((5..=6).contains(&admitted), "admitted {admitted}");
+    let denied = limiter.check(&policy, "user:1").await.unwrap();
+    assert!(!denied.is_allowed());
+    assert!(
+        denied.retry_after() > Duration::ZERO && denied.retry_after() <= Duration::from_millis(100)
+    );
+    let keys = server.cli(&["--scan", "--pattern", "fg1:*"]);
+    assert_eq!(keys.lines().count(), 2, "{keys}");
+    for key in keys.lines() {
+        let ttl: i64 = server.cli(&["PTTL", key]).parse().unwrap();
+        assert!(ttl > 0, "{key}: PTTL {ttl}");
+    }
+    // The daily limit's key lives until that bucket is full again: about 6 × 86.4 s.
+    let daily = keys.lines().find(|k| k.ends_with(":1")).unwrap();
+    let ttl: i64 = server.cli(&["PTTL", daily]).parse().unwrap();
+    assert!((400_000..=520_000).contains(&ttl), "daily PTTL {ttl}");
+    limiter.reset(&policy, "user:1").await.unwrap();
+    assert_eq!(server.cli(&["--scan", "--pattern", "fg1:*"]), "");
+    assert!(limiter.check(&policy, "user:1").await.unwrap().is_allowed());
+}
+
+#[tokio::test]
+async fn losing_the_script_cache_is_invisible_to_callers() {
+    let server = RedisServer::start();
+    let limiter = RateLimiter::new(RedisStore::connect(&server.url()).await.unwrap());
+    let policy = Policy::parse("api", "1000000/s").unwrap();
+    for round in 0..20 {
+        for i in 0..50 {
+            let result = limiter.check(&policy, &format!("k{i}")).await;
+            assert!(result.is_ok(), "round {round}: {result:?}");
+        }
+        assert_eq!(server.cli(&["SCRIPT", "FLUSH"]), "OK");
+    }
+}
+
+#[tokio::test]
+async fn bad_urls_and_settings_are_clear_errors() {
+    let cases = [
+        ("http://127.0.0.1:6379", "expected a redis:// URL"),
+        (
+            "rediss://127.0.0.1:6379",
+            "TLS (rediss://) is not supported",
+        ),
+        ("not a url", "expected a redis:// URL"),
+    ];
+    for (url, message) in cases {
+        let error = RedisStore::connect(url).await.unwrap_err();
+        assert!(
+            matches!(error, Error::InvalidConfig { knob: "url", .. }),
+            "{url}: {error:?}"
+        );
+        assert!(error.to_string().contains(message), "{url}: {error}");
+    }
+    let error = RedisStore::builder("redis://127.0.0.1:1")
+        .key_prefix("{app}")
+        .build()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            Error::InvalidConfig {
+                knob: "key_prefix",
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+
+    // Nothing listens on the port of a server that has just stopped.
+    let port = RedisServer::start().port();
+    let started = Instant::now();
+    let error = RedisStore::builder(&format!("redis://user:s3cret@127.0.0.1:{port}"))
+        .connect_timeout(Duration::from_millis(500))
+        .build()
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::Store(_)), "{error:?}");
+    assert!(!error.to_string().contains("s3cret"), "{error}");
+    assert!(error.to_string().contains("user:***@"), "{error}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn garbage_in_a_key_is_a_typed_error_and_changes_nothing() {
+    let server = RedisServer::start();
+    let limiter = RateLimiter::new(RedisStore::connect(&server.url()).await.unwrap());
+    let policy = Policy::parse("api", "10/s; 100/m").unwrap();
+    limiter.check(&policy, "k").await.unwrap();
+    let keys = server.cli(&["--scan", "--pattern", "fg1:*"]);
+    let (first, second) = {
+        let mut keys: Vec<&str> = keys.lines().collect();
+        keys.sort();
+        (keys[0].to_owned(), keys[1].to_owned())
+    };
+    let untouched = server.cli(&["GET", &first]);
+    for garbage in ["not-a-number", "-5", "1.5", "99999999999999999999"] {
+        server.cli(&["SET", &second, garbage]);
+        let error = limiter.check(&policy, "k").await.unwrap_err();
+        assert!(matches!(error, Error::Store(_)), "{garbage}: {error:?}");
+        assert!(
+            error.to_string().contains("corrupted state"),
+            "{garbage}: {error}"
+        );
+        assert_eq!(
+            server.cli(&["GET", &first]),
+            untouched,
+            "a failed call wrote"
+        );
+    }
+}
+
+#[tokio::test]
+async fn limits_too_fast_for_microseconds_are_invalid() {
+    let server = RedisServer::start();
+    let limiter = RateLimiter::new(RedisStore::connect(&server.url()).await.unwrap());
+    // 5 M/s: 0.2 µs per token, fine in nanoseconds, not in microseconds.
+    let policy = Policy::new("fast", [Limit::per_second(5_000_000)]).unwrap();
+    let error = limiter.check(&policy, "k").await.unwrap_err();
+    assert!(matches!(error, Error::InvalidLimit { .. }), "{error:?}");
+    // 990 000/s would round 1.01 µs up to 2 µs; 9 900/s rounds 101.01 µs to 102 µs (< 1%).
+    let rounds_too_much = Policy::parse("rounds", "990000/s").unwrap();
+    assert!(matches!(
+        limiter.check(&rounds_too_much, "k").await,
+        Err(Error::InvalidLimit { .. })
+    ));
+    assert!(
+        limiter
+            .check(&Policy::parse("ok", "9900/s").unwrap(), "k")
+            .await
+            .unwrap()
+            .is_allowed()
+    );
+}
