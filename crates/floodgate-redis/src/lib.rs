@@ -29,9 +29,11 @@
 //! the stored TATs and reads them with the new rates (a throttled key stays throttled for at
 //! most its old debt). Rename the policy to start from full buckets.
 
+mod failure;
 mod keys;
 mod store;
 
+pub use failure::FailurePolicy;
 pub use store::{RedisStore, RedisStoreBuilder};
 
 /// The README's examples (core and Redis), compiled and run as doctests.

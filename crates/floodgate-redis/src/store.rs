@@ -1,5 +1,6 @@
 //! `RedisStore`: the `Store` implementation over one Redis server.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,12 +9,15 @@ use floodgate::gcra::Verdict;
 use floodgate::{Clock, Decision, Error, Limit, ManualClock, MonotonicClock, Policy, Store};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+use crate::failure::{Breaker, FailurePolicy, Fallback, Gate, LocalOp};
 use crate::keys;
 
 /// Microseconds: Redis decisions' time unit (Lua numbers are exact to 2^53).
 const UNIT_NS: u64 = 1_000;
 const DEFAULT_TIMEOUT: Duration = Duration::from_millis(100);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const DEFAULT_BREAKER_FAILURES: u32 = 3;
+const DEFAULT_BREAKER_COOLDOWN: Duration = Duration::from_millis(250);
 
 const OP_ACQUIRE: u8 = 1;
 const OP_PEEK: u8 = 2;
@@ -36,6 +40,8 @@ pub struct RedisStore<C: Clock = MonotonicClock> {
     /// Send the clock's time to the script instead of using Redis's `TIME` (tests only).
     send_time: bool,
     url: Arc<str>,
+    fallback: Arc<Fallback>,
+    breaker: Arc<Breaker>,
 }
 
 /// Builds a [`RedisStore`].
@@ -47,6 +53,10 @@ pub struct RedisStoreBuilder<C: Clock = MonotonicClock> {
     connect_timeout: Duration,
     clock: C,
     send_time: bool,
+    on_failure: FailurePolicy,
+    overrides: HashMap<String, FailurePolicy>,
+    breaker_failures: u32,
+    breaker_cooldown: Duration,
 }
 
 impl RedisStore {
@@ -64,6 +74,10 @@ impl RedisStore {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             clock: MonotonicClock::new(),
             send_time: false,
+            on_failure: FailurePolicy::Error,
+            overrides: HashMap::new(),
+            breaker_failures: DEFAULT_BREAKER_FAILURES,
+            breaker_cooldown: DEFAULT_BREAKER_COOLDOWN,
         }
     }
 }
@@ -89,6 +103,28 @@ impl<C: Clock> RedisStoreBuilder<C> {
         self
     }
 
+    /// What decisions do when Redis cannot answer (default [`FailurePolicy::Error`]).
+    pub fn on_failure(mut self, policy: FailurePolicy) -> Self {
+        self.on_failure = policy;
+        self
+    }
+
+    /// The failure policy for one policy name, overriding [`on_failure`](Self::on_failure)
+    /// (for example `Deny` for logins, `Allow` for reads).
+    pub fn on_failure_for(mut self, policy_name: impl Into<String>, policy: FailurePolicy) -> Self {
+        self.overrides.insert(policy_name.into(), policy);
+        self
+    }
+
+    /// The circuit breaker: after `failures` consecutive failures (default 3), decisions skip
+    /// Redis and follow the failure policy at once; after `cooldown` (default 250 ms) one
+    /// decision probes Redis again, and normal service resumes when it succeeds.
+    pub fn circuit_breaker(mut self, failures: u32, cooldown: Duration) -> Self {
+        self.breaker_failures = failures;
+        self.breaker_cooldown = cooldown;
+        self
+    }
+
     /// **For tests only**: decide on `clock` instead of the Redis server's `TIME`, so a test
     /// can drive Redis-backed decisions with a [`ManualClock`]. Never use it in production:
     /// nodes with different clocks would disagree about every bucket.
@@ -100,6 +136,10 @@ impl<C: Clock> RedisStoreBuilder<C> {
             connect_timeout: self.connect_timeout,
             clock,
             send_time: true,
+            on_failure: self.on_failure,
+            overrides: self.overrides,
+            breaker_failures: self.breaker_failures,
+            breaker_cooldown: self.breaker_cooldown,
         }
     }
 
@@ -108,6 +148,20 @@ impl<C: Clock> RedisStoreBuilder<C> {
     pub async fn build(self) -> Result<RedisStore<C>, Error> {
         let redacted = redact(&self.url);
         keys::validate_prefix(&self.prefix).map_err(|reason| config("key_prefix", reason))?;
+        if self.breaker_failures == 0 {
+            return Err(config(
+                "circuit_breaker",
+                "failures must be at least 1".into(),
+            ));
+        }
+        self.on_failure
+            .validate()
+            .map_err(|reason| config("on_failure", reason))?;
+        for (name, policy) in &self.overrides {
+            policy
+                .validate()
+                .map_err(|reason| config("on_failure_for", format!("policy {name:?}: {reason}")))?;
+        }
         if self.timeout.is_zero() {
             return Err(config("timeout", "must be longer than zero".into()));
         }
@@ -162,6 +216,8 @@ impl<C: Clock> RedisStoreBuilder<C> {
             clock: self.clock,
             send_time: self.send_time,
             url: redacted.into(),
+            fallback: Fallback::new(self.on_failure, self.overrides),
+            breaker: Arc::new(Breaker::new(self.breaker_failures, self.breaker_cooldown)),
         };
         store.warn_if_keys_can_be_evicted().await;
         Ok(store)
@@ -198,6 +254,26 @@ impl<C: Clock> RedisStore<C> {
         op: u8,
         cost: u32,
     ) -> Result<Decision, Error> {
+        let rates = policy
+            .limits()
+            .iter()
+            .map(rate_in_micros)
+            .collect::<Result<Vec<_>, _>>()?;
+        let local_op = match op {
+            OP_ACQUIRE => LocalOp::Acquire(cost),
+            OP_PEEK => LocalOp::Peek,
+            _ => LocalOp::Charge(cost),
+        };
+        if let Gate::Open(wait) = self.breaker.gate() {
+            let error = store_error(format!(
+                "{}: skipped while Redis is failing (circuit open)",
+                self.url
+            ));
+            return self
+                .fallback
+                .decide(policy, key, local_op, error, wait)
+                .await;
+        }
         let keys = keys::keys(&self.prefix, policy, key);
         let mut invocation = self.script.prepare_invoke();
         for k in &keys {
@@ -209,34 +285,57 @@ impl<C: Clock> RedisStore<C> {
             "-1".to_owned()
         };
         invocation.arg(op).arg(cost).arg(now);
-        for limit in policy.limits() {
-            let rate = rate_in_micros(limit)?;
+        for rate in &rates {
             invocation.arg(rate.interval()).arg(rate.burst());
         }
         let mut connection = self.connection.clone();
-        let reply: Vec<i64> = match tokio::time::timeout(
+        let outcome = tokio::time::timeout(
             self.timeout,
-            invocation.invoke_async(&mut connection),
+            invocation.invoke_async::<Vec<i64>>(&mut connection),
         )
-        .await
-        {
-            Ok(Ok(reply)) => reply,
-            Ok(Err(e)) => {
+        .await;
+        let failure = match outcome {
+            Ok(Ok(reply)) => {
+                self.breaker.success();
+                return parse_reply(&reply, policy.limits().len());
+            }
+            Ok(Err(e)) if !unavailable(&e) => {
+                // Redis answered, with an error about this request: not an outage.
+                self.breaker.success();
                 return Err(store_error(format!(
                     "{}: {}",
                     self.url,
                     sanitize(&e.to_string(), &self.url)
                 )));
             }
-            Err(_) => {
-                return Err(store_error(format!(
-                    "{}: no reply within {:?}; the decision may or may not have been applied",
-                    self.url, self.timeout
-                )));
-            }
+            Ok(Err(e)) => store_error(format!(
+                "{}: {}",
+                self.url,
+                sanitize(&e.to_string(), &self.url)
+            )),
+            Err(_) => store_error(format!(
+                "{}: no reply within {:?}; the decision may or may not have been applied",
+                self.url, self.timeout
+            )),
         };
-        parse_reply(&reply, policy.limits().len())
+        self.breaker.failure();
+        self.fallback
+            .decide(policy, key, local_op, failure, self.breaker.cooldown())
+            .await
     }
+}
+
+/// Whether an error means Redis could not answer (an outage, for the failure policy), as
+/// opposed to an error reply about this request.
+fn unavailable(error: &redis::RedisError) -> bool {
+    error.is_io_error()
+        || error.is_timeout()
+        || error.is_connection_dropped()
+        || error.is_connection_refusal()
+        || matches!(
+            error.code(),
+            Some("LOADING" | "BUSY" | "MASTERDOWN" | "TRYAGAIN" | "CLUSTERDOWN" | "READONLY")
+        )
 }
 
 /// A limit in microseconds, or `InvalidLimit` when rounding to microseconds would lose more
@@ -306,6 +405,7 @@ impl<C: Clock> Store for RedisStore<C> {
     }
 
     async fn reset(&self, policy: &Policy, key: &str) -> Result<(), Error> {
+        self.fallback.reset(policy, key).await;
         let keys = keys::keys(&self.prefix, policy, key);
         let mut connection = self.connection.clone();
         let mut command = redis::cmd("DEL");
@@ -343,6 +443,8 @@ impl<C: Clock> fmt::Debug for RedisStore<C> {
             .field("prefix", &self.prefix)
             .field("timeout", &self.timeout)
             .field("manual_clock", &self.send_time)
+            .field("on_failure", &self.fallback.default)
+            .field("on_failure_for", &self.fallback.overrides)
             .finish()
     }
 }

@@ -42,6 +42,35 @@ impl RedisServer {
 
     fn try_start(extra: &[&str]) -> Result<Self, String> {
         let port = free_port().map_err(|e| format!("no free port: {e}"))?;
+        Self::start_on(port, extra)
+    }
+
+    /// Stops the server (as a crash would: no shutdown save) and starts a fresh one on the
+    /// same port, empty. Panics if it cannot.
+    pub fn restart(&mut self) {
+        self.stop();
+        let port = self.port;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match Self::start_on(port, &[]) {
+                Ok(server) => {
+                    *self = server;
+                    return;
+                }
+                Err(error) if Instant::now() > deadline => {
+                    panic!("cannot restart redis-server: {error}")
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
+    /// Kills the server; `restart` brings it back.
+    pub fn kill(&mut self) {
+        self.stop();
+    }
+
+    fn start_on(port: u16, extra: &[&str]) -> Result<Self, String> {
         let dir =
             std::env::temp_dir().join(format!("floodgate-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir)
@@ -114,6 +143,7 @@ impl RedisServer {
     }
 
     fn stop(&mut self) {
+        // Our own child, by its handle: never a process we did not start.
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);

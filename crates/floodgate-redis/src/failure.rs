@@ -1,0 +1,222 @@
+//! What a decision does when Redis fails: the failure policy, the local fallback and the
+//! circuit breaker that spares callers the timeout while Redis is down.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use floodgate::{
+    Clock, Decision, DecisionSource, Error, Limit, MemoryStore, MonotonicClock, Policy, Store,
+};
+
+/// What a decision does when Redis cannot answer (unreachable, timed out, or an error
+/// reply).
+#[derive(Clone, Copy, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum FailurePolicy {
+    /// Return [`Error::Store`] and let the caller decide (the default).
+    Error,
+    /// Allow the request ("fail open"): availability over protection.
+    Allow,
+    /// Deny the request ("fail closed"): protection over availability; the denial's
+    /// `retry_after` is the time until Redis is tried again.
+    Deny,
+    /// Decide with an in-memory limiter on this node given `share` (0 < share ≤ 1) of every
+    /// limit: with N application nodes, `1/N` keeps the whole fleet near the real limit.
+    /// Counts and bursts are scaled down (never below 1).
+    Local {
+        /// The fraction of each limit this node may use while Redis is down.
+        share: f64,
+    },
+}
+
+impl FailurePolicy {
+    pub(crate) fn validate(&self) -> Result<(), String> {
+        match *self {
+            FailurePolicy::Local { share } if !(share > 0.0 && share <= 1.0) => {
+                Err(format!("local share must be in (0, 1], got {share}"))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Opens after `threshold` consecutive failures; while open, calls skip Redis and go to the
+/// failure policy; after `cooldown` one call probes Redis, and its success closes it.
+pub(crate) struct Breaker {
+    threshold: u32,
+    cooldown_ns: u64,
+    failures: AtomicU32,
+    /// While `now < open_until`, the breaker is open. 0: closed.
+    open_until: AtomicU64,
+    probing: AtomicBool,
+    clock: MonotonicClock,
+}
+
+/// Whether a call may go to Redis.
+pub(crate) enum Gate {
+    /// Closed: call Redis.
+    Pass,
+    /// Half-open: this call probes Redis; report its outcome.
+    Probe,
+    /// Open: skip Redis for this long.
+    Open(Duration),
+}
+
+impl Breaker {
+    pub(crate) fn new(threshold: u32, cooldown: Duration) -> Self {
+        Breaker {
+            threshold: threshold.max(1),
+            cooldown_ns: u64::try_from(cooldown.as_nanos()).unwrap_or(u64::MAX),
+            failures: AtomicU32::new(0),
+            open_until: AtomicU64::new(0),
+            probing: AtomicBool::new(false),
+            clock: MonotonicClock::new(),
+        }
+    }
+
+    pub(crate) fn gate(&self) -> Gate {
+        let open_until = self.open_until.load(Ordering::Acquire);
+        if open_until == 0 {
+            return Gate::Pass;
+        }
+        let now = self.clock.now_nanos();
+        if now < open_until {
+            return Gate::Open(Duration::from_nanos(open_until - now));
+        }
+        if self
+            .probing
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            Gate::Probe
+        } else {
+            Gate::Open(Duration::from_nanos(self.cooldown_ns.min(1_000_000)))
+        }
+    }
+
+    pub(crate) fn success(&self) {
+        self.failures.store(0, Ordering::Release);
+        self.open_until.store(0, Ordering::Release);
+        self.probing.store(false, Ordering::Release);
+    }
+
+    pub(crate) fn failure(&self) {
+        let failures = self
+            .failures
+            .fetch_add(1, Ordering::AcqRel)
+            .saturating_add(1);
+        if failures >= self.threshold || self.probing.load(Ordering::Acquire) {
+            let until = self
+                .clock
+                .now_nanos()
+                .saturating_add(self.cooldown_ns)
+                .max(1);
+            self.open_until.store(until, Ordering::Release);
+        }
+        self.probing.store(false, Ordering::Release);
+    }
+
+    pub(crate) fn cooldown(&self) -> Duration {
+        Duration::from_nanos(self.cooldown_ns)
+    }
+}
+
+/// The failure policies of a store: a default and per-policy overrides, and the local
+/// limiter behind `Local`.
+pub(crate) struct Fallback {
+    pub(crate) default: FailurePolicy,
+    pub(crate) overrides: HashMap<String, FailurePolicy>,
+    local: MemoryStore,
+}
+
+impl Fallback {
+    pub(crate) fn new(
+        default: FailurePolicy,
+        overrides: HashMap<String, FailurePolicy>,
+    ) -> Arc<Self> {
+        Arc::new(Fallback {
+            default,
+            overrides,
+            local: MemoryStore::new(),
+        })
+    }
+
+    pub(crate) fn policy_for(&self, policy: &Policy) -> FailurePolicy {
+        self.overrides
+            .get(policy.name())
+            .copied()
+            .unwrap_or(self.default)
+    }
+
+    /// Decides `op` without Redis, after `error`, as `policy`'s failure policy says.
+    pub(crate) async fn decide(
+        &self,
+        policy: &Policy,
+        key: &str,
+        op: LocalOp,
+        error: Error,
+        wait: Duration,
+    ) -> Result<Decision, Error> {
+        let burst = policy
+            .limits()
+            .first()
+            .map_or(0, |l| u64::from(l.capacity()));
+        match self.policy_for(policy) {
+            FailurePolicy::Error => Err(error),
+            FailurePolicy::Allow => {
+                Ok(
+                    Decision::new(true, 0, burst, 0, Duration::ZERO, Duration::ZERO)
+                        .with_source(DecisionSource::FailOpen),
+                )
+            }
+            FailurePolicy::Deny => Ok(Decision::new(false, 0, burst, 0, wait, wait)
+                .with_source(DecisionSource::FailClosed)),
+            FailurePolicy::Local { share } => {
+                let local = scaled(policy, share)?;
+                let decision = match op {
+                    LocalOp::Acquire(cost) => {
+                        // A cost the full policy allows may exceed the scaled burst: cap it
+                        // there rather than refuse a request Redis would have taken.
+                        self.local
+                            .acquire(&local, key, cost.min(local.max_cost()))
+                            .await?
+                    }
+                    LocalOp::Peek => self.local.peek(&local, key).await?,
+                    LocalOp::Charge(cost) => self.local.charge(&local, key, cost).await?,
+                };
+                Ok(decision.with_source(DecisionSource::LocalFallback))
+            }
+        }
+    }
+
+    /// Forgets `key` in the local fallback too.
+    pub(crate) async fn reset(&self, policy: &Policy, key: &str) {
+        if let FailurePolicy::Local { share } = self.policy_for(policy) {
+            if let Ok(local) = scaled(policy, share) {
+                let _ = self.local.reset(&local, key).await;
+            }
+        }
+    }
+}
+
+/// What to ask of the local fallback.
+#[derive(Clone, Copy)]
+pub(crate) enum LocalOp {
+    Acquire(u32),
+    Peek,
+    Charge(u32),
+}
+
+/// `policy` with every count and burst multiplied by `share` (at least 1).
+fn scaled(policy: &Policy, share: f64) -> Result<Policy, Error> {
+    let scale = |n: u32| ((f64::from(n) * share).floor() as u32).max(1);
+    Policy::new(
+        policy.name(),
+        policy
+            .limits()
+            .iter()
+            .map(|l| Limit::per(scale(l.count()), l.period()).burst(scale(l.capacity()))),
+    )
+}
