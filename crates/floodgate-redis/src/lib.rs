@@ -29,6 +29,7 @@
 //! the stored TATs and reads them with the new rates (a throttled key stays throttled for at
 //! most its old debt). Rename the policy to start from full buckets.
 
+mod cache;
 mod failure;
 mod keys;
 mod store;

@@ -5,10 +5,11 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use floodgate::gcra::Verdict;
+use floodgate::gcra::{Op as GcraOp, Verdict};
 use floodgate::{Clock, Decision, Error, Limit, ManualClock, MonotonicClock, Policy, Store};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+use crate::cache::DenyCache;
 use crate::failure::{Breaker, FailurePolicy, Fallback, Gate, LocalOp};
 use crate::keys;
 
@@ -18,6 +19,7 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_millis(100);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const DEFAULT_BREAKER_FAILURES: u32 = 3;
 const DEFAULT_BREAKER_COOLDOWN: Duration = Duration::from_millis(250);
+const DEFAULT_DENY_CACHE: usize = 100_000;
 
 const OP_ACQUIRE: u8 = 1;
 const OP_PEEK: u8 = 2;
@@ -42,6 +44,7 @@ pub struct RedisStore<C: Clock = MonotonicClock> {
     url: Arc<str>,
     fallback: Arc<Fallback>,
     breaker: Arc<Breaker>,
+    cache: Option<Arc<DenyCache>>,
 }
 
 /// Builds a [`RedisStore`].
@@ -57,6 +60,7 @@ pub struct RedisStoreBuilder<C: Clock = MonotonicClock> {
     overrides: HashMap<String, FailurePolicy>,
     breaker_failures: u32,
     breaker_cooldown: Duration,
+    deny_cache: usize,
 }
 
 impl RedisStore {
@@ -78,6 +82,7 @@ impl RedisStore {
             overrides: HashMap::new(),
             breaker_failures: DEFAULT_BREAKER_FAILURES,
             breaker_cooldown: DEFAULT_BREAKER_COOLDOWN,
+            deny_cache: DEFAULT_DENY_CACHE,
         }
     }
 }
@@ -125,6 +130,16 @@ impl<C: Clock> RedisStoreBuilder<C> {
         self
     }
 
+    /// How many denied keys this node remembers (default 100 000; 0 turns the cache off).
+    /// While Redis's last answer for a key still denies, later checks of that key are
+    /// denied here without a round trip, with the same arithmetic; anything that might pass
+    /// goes to Redis. A reset through this store clears the key at once; a reset made on
+    /// another node is seen here at the latest when the denial this node reported runs out.
+    pub fn deny_cache(mut self, capacity: usize) -> Self {
+        self.deny_cache = capacity;
+        self
+    }
+
     /// **For tests only**: decide on `clock` instead of the Redis server's `TIME`, so a test
     /// can drive Redis-backed decisions with a [`ManualClock`]. Never use it in production:
     /// nodes with different clocks would disagree about every bucket.
@@ -140,6 +155,7 @@ impl<C: Clock> RedisStoreBuilder<C> {
             overrides: self.overrides,
             breaker_failures: self.breaker_failures,
             breaker_cooldown: self.breaker_cooldown,
+            deny_cache: self.deny_cache,
         }
     }
 
@@ -218,6 +234,7 @@ impl<C: Clock> RedisStoreBuilder<C> {
             url: redacted.into(),
             fallback: Fallback::new(self.on_failure, self.overrides),
             breaker: Arc::new(Breaker::new(self.breaker_failures, self.breaker_cooldown)),
+            cache: DenyCache::new(self.deny_cache).map(Arc::new),
         };
         store.warn_if_keys_can_be_evicted().await;
         Ok(store)
@@ -264,6 +281,20 @@ impl<C: Clock> RedisStore<C> {
             OP_PEEK => LocalOp::Peek,
             _ => LocalOp::Charge(cost),
         };
+        if let Some(cache) = &self.cache {
+            let cached_op = match op {
+                OP_ACQUIRE => Some(GcraOp::Acquire(cost)),
+                OP_PEEK => Some(GcraOp::Peek),
+                _ => None,
+            };
+            if let Some(cached_op) = cached_op {
+                if let Some(denied) =
+                    cache.deny(policy, key, &rates, self.local_micros(), cached_op)
+                {
+                    return Ok(denied);
+                }
+            }
+        }
         if let Gate::Open(wait) = self.breaker.gate() {
             let error = store_error(format!(
                 "{}: skipped while Redis is failing (circuit open)",
@@ -297,7 +328,11 @@ impl<C: Clock> RedisStore<C> {
         let failure = match outcome {
             Ok(Ok(reply)) => {
                 self.breaker.success();
-                return parse_reply(&reply, policy.limits().len());
+                let (decision, ahead) = parse_reply(&reply, policy.limits().len())?;
+                if let Some(cache) = &self.cache {
+                    cache.record(policy, key, &rates, self.local_micros(), &ahead);
+                }
+                return Ok(decision);
             }
             Ok(Err(e)) if !unavailable(&e) => {
                 // Redis answered, with an error about this request: not an outage.
@@ -322,6 +357,13 @@ impl<C: Clock> RedisStore<C> {
         self.fallback
             .decide(policy, key, local_op, failure, self.breaker.cooldown())
             .await
+    }
+}
+
+impl<C: Clock> RedisStore<C> {
+    /// This node's clock in microseconds: the deny cache's time base.
+    fn local_micros(&self) -> u64 {
+        self.clock.now_nanos() / UNIT_NS
     }
 }
 
@@ -352,40 +394,39 @@ fn rate_in_micros(limit: &Limit) -> Result<floodgate::gcra::Rate, Error> {
         })
 }
 
-fn parse_reply(reply: &[i64], limits: usize) -> Result<Decision, Error> {
+/// The decision in a script reply, and each limit's TAT ahead of the decision time (µs).
+fn parse_reply(reply: &[i64], limits: usize) -> Result<(Decision, Vec<u64>), Error> {
     let bad = || {
         store_error(format!(
             "unexpected reply from the decision script: {reply:?}"
         ))
     };
-    let &[
-        allowed,
-        decided_by,
-        burst,
-        left,
-        interval,
-        retry_after,
-        reset_after,
-    ] = reply
-    else {
+    if reply.len() != 7 + limits {
         return Err(bad());
-    };
-    let decided_by = usize::try_from(decided_by)
+    }
+    let values: Vec<u64> = reply
+        .iter()
+        .map(|&v| u64::try_from(v))
+        .collect::<Result<_, _>>()
+        .map_err(|_| bad())?;
+    let decided_by = usize::try_from(values[1])
         .ok()
         .filter(|&i| i < limits)
         .ok_or_else(bad)?;
-    let value = |v: i64| u64::try_from(v).map_err(|_| bad());
     let verdict = Verdict {
-        allowed: allowed == 1,
+        allowed: values[0] == 1,
         decided_by,
-        burst: value(burst)?,
-        left: value(left)?,
-        interval: value(interval)?.max(1),
-        retry_after: value(retry_after)?,
-        reset_after: value(reset_after)?,
+        burst: values[2],
+        left: values[3],
+        interval: values[4].max(1),
+        retry_after: values[5],
+        reset_after: values[6],
         write: false,
     };
-    Ok(Decision::from_verdict(&verdict, UNIT_NS))
+    Ok((
+        Decision::from_verdict(&verdict, UNIT_NS),
+        values[7..].to_vec(),
+    ))
 }
 
 impl<C: Clock> Store for RedisStore<C> {
@@ -406,6 +447,9 @@ impl<C: Clock> Store for RedisStore<C> {
 
     async fn reset(&self, policy: &Policy, key: &str) -> Result<(), Error> {
         self.fallback.reset(policy, key).await;
+        if let Some(cache) = &self.cache {
+            cache.forget(policy, key);
+        }
         let keys = keys::keys(&self.prefix, policy, key);
         let mut connection = self.connection.clone();
         let mut command = redis::cmd("DEL");
@@ -525,12 +569,15 @@ mod tests {
     #[test]
     fn replies_of_the_wrong_shape_are_errors() {
         assert!(parse_reply(&[1, 0, 10, 5, 1], 1).is_err());
-        assert!(parse_reply(&[1, 3, 10, 5, 1, 0, 0], 1).is_err());
-        assert!(parse_reply(&[1, 0, 10, -5, 1, 0, 0], 1).is_err());
-        let d = parse_reply(&[1, 0, 10, 1_800_000, 200_000, 0, 200_000], 1).unwrap();
+        assert!(parse_reply(&[1, 0, 10, 5, 1, 0, 0], 1).is_err());
+        assert!(parse_reply(&[1, 3, 10, 5, 1, 0, 0, 0], 1).is_err());
+        assert!(parse_reply(&[1, 0, 10, -5, 1, 0, 0, 0], 1).is_err());
+        let (d, ahead) =
+            parse_reply(&[1, 0, 10, 1_800_000, 200_000, 0, 200_000, 200_000], 1).unwrap();
         assert_eq!(
             (d.remaining(), d.reset_after()),
             (9, Duration::from_millis(200))
         );
+        assert_eq!(ahead, [200_000]);
     }
 }

@@ -12,6 +12,16 @@ use floodgate_testkit::redis_server::RedisServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_store_passes_the_conformance_suite() {
+    suite(0).await;
+}
+
+/// With the deny cache, denials are answered locally: decisions must not change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_store_with_its_deny_cache_passes_the_conformance_suite() {
+    suite(1_000).await;
+}
+
+async fn suite(deny_cache: usize) {
     let server = RedisServer::start();
     let url = server.url();
     let case = AtomicU32::new(0);
@@ -23,6 +33,7 @@ async fn redis_store_passes_the_conformance_suite() {
             let clock = ManualClock::new();
             let store = RedisStore::builder(&url)
                 .key_prefix(prefix)
+                .deny_cache(deny_cache)
                 .manual_clock(clock.clone())
                 .build()
                 .await

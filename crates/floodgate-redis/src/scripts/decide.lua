@@ -15,7 +15,9 @@
 -- Reply: { allowed (0 or 1), decided_by (0-based index of the deciding limit),
 --          burst (B of that limit), left (microseconds of capacity left in it),
 --          interval (T of it), retry_after (microseconds, 0 when allowed),
---          reset_after (microseconds until every limit is full) }
+--          reset_after (microseconds until every limit is full),
+--          ahead_1, ..., ahead_n (for each limit, how far its TAT is ahead of now after
+--          this call, in microseconds, 0 when full: the whole state, for a local cache) }
 -- Every write sets the new TAT with a TTL (PX) of the time until the bucket is full again,
 -- rounded up to whole milliseconds, so no key outlives its meaning.
 -- Errors: "floodgate: ..." replies for bad arguments or a stored value that is not a
@@ -77,6 +79,16 @@ local function left_of(i, t)
   return tolerance[i] - used
 end
 
+-- The reply: the verdict, then every limit's state relative to now.
+local function reply(verdict, tats)
+  for i = 1, count do
+    local ahead = tats[i] - now
+    if ahead < 0 then ahead = 0 end
+    verdict[7 + i] = ahead
+  end
+  return verdict
+end
+
 local function reset_after(tats)
   local longest = 0
   for i = 1, count do
@@ -102,7 +114,7 @@ local function allowed(tats)
       best, fewest = i, tokens
     end
   end
-  return { 1, best - 1, burst[best], left_of(best, tats[best]), interval[best], 0, reset_after(tats) }
+  return reply({ 1, best - 1, burst[best], left_of(best, tats[best]), interval[best], 0, reset_after(tats) }, tats)
 end
 
 local function base(i)
@@ -127,7 +139,7 @@ if op == 3 then
     local wait = after[i] + interval[i] - now - tolerance[i]
     if wait > longest then worst, longest = i, wait end
   end
-  return { 0, worst - 1, burst[worst], left_of(worst, after[worst]), interval[worst], longest, reset_after(after) }
+  return reply({ 0, worst - 1, burst[worst], left_of(worst, after[worst]), interval[worst], longest, reset_after(after) }, after)
 end
 
 local want = cost
@@ -142,7 +154,7 @@ for i = 1, count do
   end
 end
 if worst ~= nil then
-  return { 0, worst - 1, burst[worst], left_of(worst, tat[worst]), interval[worst], longest, reset_after(tat) }
+  return reply({ 0, worst - 1, burst[worst], left_of(worst, tat[worst]), interval[worst], longest, reset_after(tat) }, tat)
 end
 if op == 2 then return allowed(tat) end
 store(after)
