@@ -4,6 +4,11 @@
 //!
 //! `cargo run --release -p floodgate-bench` (options: `--runs N`, `--millis M` per cell,
 //! `--keys K` for one key count only, `--quick` for a short smoke run).
+//!
+//! `cargo run --release -p floodgate-bench -- redis` measures the Redis store instead,
+//! against `redis-benchmark` on a `redis-server` it starts itself.
+
+mod redis;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -189,7 +194,7 @@ fn measure(limiters: &Limiters, peer: Peer, keys: &[String], threads: usize, mil
     total.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
 }
 
-fn median(values: &mut [f64]) -> f64 {
+pub(crate) fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     let n = values.len();
     if n % 2 == 1 {
@@ -276,6 +281,12 @@ fn main() {
             .and_then(|v| v.parse().ok())
     };
     let quick = args.iter().any(|a| a == "--quick");
+    if args.get(1).is_some_and(|a| a == "redis") {
+        let runs = flag("--runs").map_or(3, |r| r.max(1) as usize);
+        let millis = flag("--millis").unwrap_or(if quick { 300 } else { 2_000 });
+        redis::run(runs, millis);
+        return;
+    }
     let runs = flag("--runs").map_or(if quick { 1 } else { 5 }, |r| r.max(1) as usize);
     let millis = flag("--millis").unwrap_or(if quick { 30 } else { 200 });
     let key_counts: &[usize] = if quick {
@@ -380,7 +391,7 @@ fn main() {
     }
 }
 
-fn human(ops: f64) -> String {
+pub(crate) fn human(ops: f64) -> String {
     if ops >= 1e6 {
         format!("{:.2} M", ops / 1e6)
     } else {

@@ -1,30 +1,34 @@
-//! Redis key layout: `{prefix}fg1:{tag}:{limit}`.
-
-use std::fmt::Write;
+//! Redis key layout: `{prefix}fg1{tag}{limit}`.
 
 use floodgate::Policy;
 
 /// Version of the key layout and script protocol.
 pub(crate) const LAYOUT: &str = "fg1";
 
-/// The Redis keys of every limit of `(policy, key)`.
+/// URL-safe base64 digits: no braces, so the tag is the key's only Cluster hash tag.
+const DIGITS: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+/// The Redis keys of every limit of `(policy, key)`: `{prefix}fg1{tag}{limit}`.
 pub(crate) fn keys(prefix: &str, policy: &Policy, key: &str) -> Vec<String> {
     let tag = tag(policy.name(), key);
     (0..policy.limits().len())
-        .map(|i| format!("{prefix}{LAYOUT}:{{{tag}}}:{i}"))
+        .map(|i| format!("{prefix}{LAYOUT}{{{tag}}}{i}"))
         .collect()
 }
 
-/// 32 hex digits of SHA-1(name, 0, key): a fixed-size hash tag that user text cannot shape.
+/// 16 base64 digits (96 bits) of SHA-1(name, 0, key): a fixed-size hash tag that user text
+/// cannot shape. Policy names cannot contain a zero byte, so the input is unambiguous.
 fn tag(name: &str, key: &str) -> String {
     let mut digest = sha1_smol::Sha1::new();
     digest.update(name.as_bytes());
     digest.update(&[0]);
     digest.update(key.as_bytes());
     let bytes = digest.digest().bytes();
-    let mut tag = String::with_capacity(32);
-    for byte in &bytes[..16] {
-        let _ = write!(tag, "{byte:02x}");
+    let mut bits = u128::from_be_bytes(bytes[..16].try_into().unwrap_or([0; 16])) >> 32;
+    let mut tag = String::with_capacity(16);
+    for _ in 0..16 {
+        tag.push(char::from(DIGITS[(bits & 63) as usize]));
+        bits >>= 6;
     }
     tag
 }
@@ -54,9 +58,9 @@ mod tests {
             let keys = keys("app:", &policy, user_key);
             assert_eq!(keys.len(), 2);
             for (i, k) in keys.iter().enumerate() {
-                assert_eq!(k.len(), "app:fg1:{".len() + 32 + "}:0".len());
-                assert!(k.starts_with("app:fg1:{") && k.ends_with(&format!("}}:{i}")));
-                assert_eq!(k.matches('{').count(), 1);
+                assert_eq!(k.len(), "app:fg1{".len() + 16 + "}0".len());
+                assert!(k.starts_with("app:fg1{") && k.ends_with(&format!("}}{i}")));
+                assert_eq!((k.matches('{').count(), k.matches('}').count()), (1, 1));
             }
             assert_eq!(keys[0][..keys[0].len() - 1], keys[1][..keys[1].len() - 1]);
         }

@@ -19,11 +19,13 @@
 //!
 //! # Keys
 //!
-//! The state of limit `i` of `(policy, key)` lives at `{prefix}fg1:{tag}:{i}`, where `tag` is
-//! 32 hex digits of a SHA-1 digest of the policy name and your key. So keys of any length
-//! make short Redis keys, braces in your keys never form a Cluster hash tag, and all limits
-//! of one key share a hash slot. `fg1` is the layout version: a future layout will use
-//! another, so both can coexist during a rolling upgrade.
+//! The state of limit `i` of `(policy, key)` lives at `{prefix}fg1{tag}i`, where `tag` is 16
+//! URL-safe base64 digits (96 bits) of a SHA-1 digest of the policy name and your key, for
+//! example `fg1{Qk3v0F9aZx2mT1pL}0`. So keys of any length make short Redis keys, braces in
+//! your keys never form a Cluster hash tag, all limits of one key share a hash slot, and
+//! keys spread evenly over slots. Two keys share a bucket only if their 96-bit tags collide:
+//! about one chance in 10^15 among ten million live keys. `fg1` is the layout version: a
+//! future layout will use another, so both can coexist during a rolling upgrade.
 //!
 //! State is keyed by the policy's *name*: changing a policy's rates under the same name keeps
 //! the stored TATs and reads them with the new rates (a throttled key stays throttled for at

@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use floodgate::gcra::{Op as GcraOp, Verdict};
+use floodgate::gcra::{Op as GcraOp, Rate, Verdict};
 use floodgate::{Clock, Decision, Error, Limit, ManualClock, MonotonicClock, Policy, Store};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
@@ -206,7 +206,8 @@ impl<C: Clock> RedisStoreBuilder<C> {
         })?;
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
-            .set_response_timeout(Some(self.timeout))
+            // Each call carries its own deadline (reconnecting and script reloads included).
+            .set_response_timeout(None)
             .set_number_of_retries(1);
         let connect = ConnectionManager::new_with_config(client, manager_config);
         let connection = match tokio::time::timeout(self.connect_timeout, connect).await {
@@ -320,38 +321,26 @@ impl<C: Clock> RedisStore<C> {
             invocation.arg(rate.interval()).arg(rate.burst());
         }
         let mut connection = self.connection.clone();
-        let outcome = tokio::time::timeout(
+        // One deadline for the whole call, reconnecting and a script reload included.
+        let call = tokio::time::timeout(
             self.timeout,
-            invocation.invoke_async::<Vec<i64>>(&mut connection),
-        )
-        .await;
-        let failure = match outcome {
-            Ok(Ok(reply)) => {
+            invocation.invoke_async::<redis::Value>(&mut connection),
+        );
+        let failure = match call.await.unwrap_or_else(|_| Err(timed_out())) {
+            Ok(reply) => {
                 self.breaker.success();
-                let (decision, ahead) = parse_reply(&reply, policy.limits().len())?;
+                let (decision, ahead) = parse_reply(&flatten(reply), &rates)?;
                 if let Some(cache) = &self.cache {
                     cache.record(policy, key, &rates, self.local_micros(), &ahead);
                 }
                 return Ok(decision);
             }
-            Ok(Err(e)) if !unavailable(&e) => {
+            Err(e) if !unavailable(&e) => {
                 // Redis answered, with an error about this request: not an outage.
                 self.breaker.success();
-                return Err(store_error(format!(
-                    "{}: {}",
-                    self.url,
-                    sanitize(&e.to_string(), &self.url)
-                )));
+                return Err(self.error(&e));
             }
-            Ok(Err(e)) => store_error(format!(
-                "{}: {}",
-                self.url,
-                sanitize(&e.to_string(), &self.url)
-            )),
-            Err(_) => store_error(format!(
-                "{}: no reply within {:?}; the decision may or may not have been applied",
-                self.url, self.timeout
-            )),
+            Err(e) => self.error(&e),
         };
         self.breaker.failure();
         self.fallback
@@ -361,10 +350,30 @@ impl<C: Clock> RedisStore<C> {
 }
 
 impl<C: Clock> RedisStore<C> {
+    /// A store error for `error`, saying when the outcome is unknown, without the password.
+    fn error(&self, error: &redis::RedisError) -> Error {
+        if error.is_timeout() {
+            return store_error(format!(
+                "{}: no reply within {:?}; the request may or may not have been applied",
+                self.url, self.timeout
+            ));
+        }
+        store_error(format!(
+            "{}: {}",
+            self.url,
+            sanitize(&error.to_string(), &self.url)
+        ))
+    }
+
     /// This node's clock in microseconds: the deny cache's time base.
     fn local_micros(&self) -> u64 {
         self.clock.now_nanos() / UNIT_NS
     }
+}
+
+/// The error of a call that ran out of time: an I/O timeout, so it counts as an outage.
+fn timed_out() -> redis::RedisError {
+    redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut))
 }
 
 /// Whether an error means Redis could not answer (an outage, for the failure policy), as
@@ -394,14 +403,28 @@ fn rate_in_micros(limit: &Limit) -> Result<floodgate::gcra::Rate, Error> {
         })
 }
 
-/// The decision in a script reply, and each limit's TAT ahead of the decision time (µs).
-fn parse_reply(reply: &[i64], limits: usize) -> Result<(Decision, Vec<u64>), Error> {
+/// A script reply as integers: an array as is; a bare integer (the single-limit allowed
+/// path) as `{1, 0, 0, ahead}`; anything else as an empty (invalid) reply.
+fn flatten(reply: redis::Value) -> Vec<i64> {
+    match reply {
+        redis::Value::Int(ahead) => vec![1, 0, 0, ahead],
+        redis::Value::Array(items) => items
+            .into_iter()
+            .map(|v| if let redis::Value::Int(i) = v { i } else { -1 })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The decision in a script reply (`{allowed, denied_by, retry_after, ahead_1..n}`), and
+/// each limit's TAT ahead of the decision time (µs).
+fn parse_reply(reply: &[i64], rates: &[Rate]) -> Result<(Decision, Vec<u64>), Error> {
     let bad = || {
         store_error(format!(
             "unexpected reply from the decision script: {reply:?}"
         ))
     };
-    if reply.len() != 7 + limits {
+    if reply.len() != 3 + rates.len() {
         return Err(bad());
     }
     let values: Vec<u64> = reply
@@ -409,24 +432,31 @@ fn parse_reply(reply: &[i64], limits: usize) -> Result<(Decision, Vec<u64>), Err
         .map(|&v| u64::try_from(v))
         .collect::<Result<_, _>>()
         .map_err(|_| bad())?;
-    let decided_by = usize::try_from(values[1])
-        .ok()
-        .filter(|&i| i < limits)
-        .ok_or_else(bad)?;
+    let allowed = values[0] == 1;
+    let ahead = values[3..].to_vec();
+    let left = |i: usize| rates[i].tolerance().saturating_sub(ahead[i]);
+    let decided_by = if allowed {
+        // The limit with the fewest whole tokens left; ties to the lowest index.
+        (0..rates.len())
+            .min_by_key(|&i| (left(i) / rates[i].interval(), i))
+            .unwrap_or(0)
+    } else {
+        usize::try_from(values[1])
+            .ok()
+            .filter(|&i| i < rates.len())
+            .ok_or_else(bad)?
+    };
     let verdict = Verdict {
-        allowed: values[0] == 1,
+        allowed,
         decided_by,
-        burst: values[2],
-        left: values[3],
-        interval: values[4].max(1),
-        retry_after: values[5],
-        reset_after: values[6],
+        burst: rates[decided_by].burst(),
+        left: left(decided_by),
+        interval: rates[decided_by].interval(),
+        retry_after: if allowed { 0 } else { values[2] },
+        reset_after: ahead.iter().copied().max().unwrap_or(0),
         write: false,
     };
-    Ok((
-        Decision::from_verdict(&verdict, UNIT_NS),
-        values[7..].to_vec(),
-    ))
+    Ok((Decision::from_verdict(&verdict, UNIT_NS), ahead))
 }
 
 impl<C: Clock> Store for RedisStore<C> {
@@ -454,18 +484,10 @@ impl<C: Clock> Store for RedisStore<C> {
         let mut connection = self.connection.clone();
         let mut command = redis::cmd("DEL");
         command.arg(&keys);
-        let delete = command.query_async::<i64>(&mut connection);
-        match tokio::time::timeout(self.timeout, delete).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(store_error(format!(
-                "{}: {}",
-                self.url,
-                sanitize(&e.to_string(), &self.url)
-            ))),
-            Err(_) => Err(store_error(format!(
-                "{}: no reply to a reset within {:?}",
-                self.url, self.timeout
-            ))),
+        let call = tokio::time::timeout(self.timeout, command.query_async::<i64>(&mut connection));
+        match call.await.unwrap_or_else(|_| Err(timed_out())) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.error(&e)),
         }
     }
 
@@ -568,12 +590,12 @@ mod tests {
 
     #[test]
     fn replies_of_the_wrong_shape_are_errors() {
-        assert!(parse_reply(&[1, 0, 10, 5, 1], 1).is_err());
-        assert!(parse_reply(&[1, 0, 10, 5, 1, 0, 0], 1).is_err());
-        assert!(parse_reply(&[1, 3, 10, 5, 1, 0, 0, 0], 1).is_err());
-        assert!(parse_reply(&[1, 0, 10, -5, 1, 0, 0, 0], 1).is_err());
-        let (d, ahead) =
-            parse_reply(&[1, 0, 10, 1_800_000, 200_000, 0, 200_000, 200_000], 1).unwrap();
+        let rates = [Rate::new(200_000, 10)];
+        assert!(parse_reply(&[1, 0, 0], &rates).is_err());
+        assert!(parse_reply(&[1, 0, 0, 1, 2], &rates).is_err());
+        assert!(parse_reply(&[0, 3, 5, 0], &rates).is_err());
+        assert!(parse_reply(&[1, 0, 0, -5], &rates).is_err());
+        let (d, ahead) = parse_reply(&[1, 0, 0, 200_000], &rates).unwrap();
         assert_eq!(
             (d.remaining(), d.reset_after()),
             (9, Duration::from_millis(200))

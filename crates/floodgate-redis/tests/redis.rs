@@ -22,18 +22,18 @@ async fn decides_on_the_servers_clock_and_sets_a_ttl_on_every_key() {
     assert!(
         denied.retry_after() > Duration::ZERO && denied.retry_after() <= Duration::from_millis(100)
     );
-    let keys = server.cli(&["--scan", "--pattern", "fg1:*"]);
+    let keys = server.cli(&["--scan", "--pattern", "fg1{*"]);
     assert_eq!(keys.lines().count(), 2, "{keys}");
     for key in keys.lines() {
         let ttl: i64 = server.cli(&["PTTL", key]).parse().unwrap();
         assert!(ttl > 0, "{key}: PTTL {ttl}");
     }
     // The daily limit's key lives until that bucket is full again: about 6 × 86.4 s.
-    let daily = keys.lines().find(|k| k.ends_with(":1")).unwrap();
+    let daily = keys.lines().find(|k| k.ends_with("}1")).unwrap();
     let ttl: i64 = server.cli(&["PTTL", daily]).parse().unwrap();
     assert!((400_000..=520_000).contains(&ttl), "daily PTTL {ttl}");
     limiter.reset(&policy, "user:1").await.unwrap();
-    assert_eq!(server.cli(&["--scan", "--pattern", "fg1:*"]), "");
+    assert_eq!(server.cli(&["--scan", "--pattern", "fg1{*"]), "");
     assert!(limiter.check(&policy, "user:1").await.unwrap().is_allowed());
 }
 
@@ -105,7 +105,7 @@ async fn garbage_in_a_key_is_a_typed_error_and_changes_nothing() {
     let limiter = RateLimiter::new(RedisStore::connect(&server.url()).await.unwrap());
     let policy = Policy::parse("api", "10/s; 100/m").unwrap();
     limiter.check(&policy, "k").await.unwrap();
-    let keys = server.cli(&["--scan", "--pattern", "fg1:*"]);
+    let keys = server.cli(&["--scan", "--pattern", "fg1{*"]);
     let (first, second) = {
         let mut keys: Vec<&str> = keys.lines().collect();
         keys.sort();

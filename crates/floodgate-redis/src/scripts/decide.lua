@@ -12,150 +12,141 @@
 -- ARGV[2+2i]    emission interval T of limit i, integer microseconds >= 1
 -- ARGV[3+2i]    burst B of limit i, integer >= 1, with B * T <= 2^51
 --
--- Reply: { allowed (0 or 1), decided_by (0-based index of the deciding limit),
---          burst (B of that limit), left (microseconds of capacity left in it),
---          interval (T of it), retry_after (microseconds, 0 when allowed),
---          reset_after (microseconds until every limit is full),
---          ahead_1, ..., ahead_n (for each limit, how far its TAT is ahead of now after
---          this call, in microseconds, 0 when full: the whole state, for a local cache) }
--- Every write sets the new TAT with a TTL (PX) of the time until the bucket is full again,
+-- Reply: { allowed (0 or 1),
+--          denied_by (0-based index of the limit with the longest wait; 0 when allowed),
+--          retry_after (microseconds; for a charge in debt, until a cost-1 request passes;
+--                       0 when allowed),
+--          ahead_1, ..., ahead_n (microseconds each limit's TAT is ahead of now after this
+--                       call, 0 when full) }
+--        or, for an allowed decision on a single limit (the hot path), just the integer
+--        ahead_1.
+-- The caller derives the rest (tokens left, which limit decided an allowance, time until
+-- full) from the aheads and the limits it sent. A denial writes nothing; an acquire or
+-- charge writes every TAT with a TTL (PX) of the time until that bucket is full again,
 -- rounded up to whole milliseconds, so no key outlives its meaning.
--- Errors: "floodgate: ..." replies for bad arguments or a stored value that is not a
--- TAT. All are raised before the first write, so a failed call changes nothing.
-
-local function whole(value, low, high)
-  local n = tonumber(value)
-  if n == nil or n ~= math.floor(n) or n < low or n > high then
-    return nil
-  end
-  return n
-end
+-- Errors: "floodgate: ..." replies for bad arguments or a stored value that is not a TAT,
+-- all raised before the first write, so a failed call changes nothing.
+--
+-- Straight-line code with a single-limit fast path: this runs on Redis's only thread.
 
 local MAX = 9007199254740992 -- 2^53: integers are exact below it
-local count = #KEYS
-local op = whole(ARGV[1], 1, 3)
-local cost = whole(ARGV[2], 1, 4294967295)
-local now = whole(ARGV[3], -1, MAX)
-if count < 1 or #ARGV ~= 3 + 2 * count then
+local n = #KEYS
+if n < 1 or #ARGV ~= 3 + 2 * n then
   return redis.error_reply('floodgate: expected 3 + 2 * #KEYS arguments')
 end
-if op == nil or cost == nil or now == nil then
+local op, cost, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+if not (op == 1 or op == 2 or op == 3)
+  or not cost or cost % 1 ~= 0 or cost < 1 or cost > 4294967295
+  or not now or now % 1 ~= 0 or now < -1 or now > MAX then
   return redis.error_reply('floodgate: bad operation, cost or time argument')
 end
+if op == 2 then cost = 1 end
 
-local interval, burst, tolerance, tat = {}, {}, {}, {}
-for i = 1, count do
-  interval[i] = whole(ARGV[2 + 2 * i], 1, 2251799813685248)
-  burst[i] = whole(ARGV[3 + 2 * i], 1, 4294967295)
-  if interval[i] == nil or burst[i] == nil or interval[i] * burst[i] > 2251799813685248 then
-    return redis.error_reply('floodgate: bad limit argument for key ' .. KEYS[i])
+if n == 1 then
+  local t, b = tonumber(ARGV[4]), tonumber(ARGV[5])
+  if not t or not b or t % 1 ~= 0 or b % 1 ~= 0 or t < 1 or b < 1 or b > 4294967295
+    or t * b > 2251799813685248 then
+    return redis.error_reply('floodgate: bad limit argument for key ' .. KEYS[1])
   end
-  tolerance[i] = interval[i] * burst[i]
+  local tolerance = t * b
+  if now < 0 then
+    local time = redis.call('TIME')
+    now = time[1] * 1000000 + time[2]
+  end
+  local tat = 0
+  local stored = redis.call('GET', KEYS[1])
+  if stored then
+    tat = tonumber(stored)
+    if not tat or tat % 1 ~= 0 or tat < 0 or tat > MAX then
+      return redis.error_reply('floodgate: corrupted state at key ' .. KEYS[1])
+    end
+  end
+  local base = tat
+  if base < now then base = now end
+  local new = base + cost * t
+  if op == 3 then
+    local fits = new - now <= tolerance
+    if new > now + 2 * tolerance then new = now + 2 * tolerance end
+    redis.call('SET', KEYS[1], new, 'PX', math.ceil((new - now) / 1000))
+    if fits then return new - now end
+    return { 0, 0, new + t - now - tolerance, new - now }
+  end
+  local wait = new - now - tolerance
+  if wait > 0 or op == 2 then
+    local ahead = tat - now
+    if ahead < 0 then ahead = 0 end
+    if wait > 0 then return { 0, 0, wait, ahead } end
+    return ahead
+  end
+  redis.call('SET', KEYS[1], new, 'PX', math.ceil((new - now) / 1000))
+  return new - now
 end
 
+local function limit(i)
+  local t, b = tonumber(ARGV[2 + 2 * i]), tonumber(ARGV[3 + 2 * i])
+  if not t or not b or t % 1 ~= 0 or b % 1 ~= 0 or t < 1 or b < 1 or b > 4294967295
+    or t * b > 2251799813685248 then
+    return nil
+  end
+  return t, t * b
+end
+
+local function state(key)
+  local stored = redis.call('GET', key)
+  if not stored then return 0 end
+  local v = tonumber(stored)
+  if not v or v % 1 ~= 0 or v < 0 or v > MAX then return nil end
+  return v
+end
+
+-- Several limits: all or nothing.
+local interval, tolerance, tat = {}, {}, {}
+for i = 1, n do
+  interval[i], tolerance[i] = limit(i)
+  if not interval[i] then return redis.error_reply('floodgate: bad limit argument for key ' .. KEYS[i]) end
+end
 if now < 0 then
   local time = redis.call('TIME')
-  now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+  now = time[1] * 1000000 + time[2]
+end
+for i = 1, n do
+  tat[i] = state(KEYS[i])
+  if not tat[i] then return redis.error_reply('floodgate: corrupted state at key ' .. KEYS[i]) end
 end
 
-for i = 1, count do
-  local stored = redis.call('GET', KEYS[i])
-  if stored then
-    tat[i] = whole(stored, 0, MAX)
-    if tat[i] == nil then
-      return redis.error_reply('floodgate: corrupted state at key ' .. KEYS[i])
-    end
-  else
-    tat[i] = 0
-  end
+local after, allowed, worst, wait = {}, 1, 0, 0
+for i = 1, n do
+  local base = tat[i]
+  if base < now then base = now end
+  after[i] = base + cost * interval[i]
 end
-
--- From here on, only arithmetic on validated integers and the writes.
-
-local function left_of(i, t)
-  local used = t - now
-  if used < 0 then used = 0 end
-  if used > tolerance[i] then return 0 end
-  return tolerance[i] - used
-end
-
--- The reply: the verdict, then every limit's state relative to now.
-local function reply(verdict, tats)
-  for i = 1, count do
-    local ahead = tats[i] - now
-    if ahead < 0 then ahead = 0 end
-    verdict[7 + i] = ahead
-  end
-  return verdict
-end
-
-local function reset_after(tats)
-  local longest = 0
-  for i = 1, count do
-    if tats[i] - now > longest then longest = tats[i] - now end
-  end
-  return longest
-end
-
-local function store(tats)
-  for i = 1, count do
-    local ttl = math.ceil((tats[i] - now) / 1000)
-    if ttl < 1 then ttl = 1 end
-    redis.call('SET', KEYS[i], string.format('%.0f', tats[i]), 'PX', string.format('%.0f', ttl))
-  end
-end
-
--- An allowed reply: the deciding limit is the one with the fewest whole tokens left.
-local function allowed(tats)
-  local best, fewest = 1, nil
-  for i = 1, count do
-    local tokens = math.floor(left_of(i, tats[i]) / interval[i])
-    if fewest == nil or tokens < fewest then
-      best, fewest = i, tokens
-    end
-  end
-  return reply({ 1, best - 1, burst[best], left_of(best, tats[best]), interval[best], 0, reset_after(tats) }, tats)
-end
-
-local function base(i)
-  if tat[i] > now then return tat[i] end
-  return now
-end
-
 if op == 3 then
-  local fits = true
-  local after = {}
-  for i = 1, count do
-    local new = base(i) + cost * interval[i]
-    if new - now > tolerance[i] then fits = false end
-    local cap = now + 2 * tolerance[i]
-    if new > cap then new = cap end
-    after[i] = new
+  for i = 1, n do
+    if after[i] - now > tolerance[i] then allowed = 0 end
+    if after[i] > now + 2 * tolerance[i] then after[i] = now + 2 * tolerance[i] end
   end
-  store(after)
-  if fits then return allowed(after) end
-  local worst, longest = 1, 0
-  for i = 1, count do
-    local wait = after[i] + interval[i] - now - tolerance[i]
-    if wait > longest then worst, longest = i, wait end
+  if allowed == 0 then
+    for i = 1, n do
+      local w = after[i] + interval[i] - now - tolerance[i]
+      if w > wait then worst, wait = i - 1, w end
+    end
   end
-  return reply({ 0, worst - 1, burst[worst], left_of(worst, after[worst]), interval[worst], longest, reset_after(after) }, after)
+else
+  for i = 1, n do
+    local w = after[i] - now - tolerance[i]
+    if w > wait then allowed, worst, wait = 0, i - 1, w end
+  end
+  if allowed == 0 or op == 2 then after = tat end
 end
-
-local want = cost
-if op == 2 then want = 1 end
-local worst, longest = nil, 0
-local after = {}
-for i = 1, count do
-  after[i] = base(i) + want * interval[i]
-  local wait = after[i] - now - tolerance[i]
-  if wait > 0 and (worst == nil or wait > longest) then
-    worst, longest = i, wait
+if op ~= 2 and (allowed == 1 or op == 3) then
+  for i = 1, n do
+    redis.call('SET', KEYS[i], after[i], 'PX', math.ceil((after[i] - now) / 1000))
   end
 end
-if worst ~= nil then
-  return reply({ 0, worst - 1, burst[worst], left_of(worst, tat[worst]), interval[worst], longest, reset_after(tat) }, tat)
+local reply = { allowed, worst, wait }
+for i = 1, n do
+  local ahead = after[i] - now
+  if ahead < 0 then ahead = 0 end
+  reply[3 + i] = ahead
 end
-if op == 2 then return allowed(tat) end
-store(after)
-return allowed(after)
+return reply
