@@ -32,6 +32,7 @@
 //! most its old debt). Rename the policy to start from full buckets.
 
 mod cache;
+mod connection;
 mod failure;
 mod keys;
 mod store;

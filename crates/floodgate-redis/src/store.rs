@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use floodgate::gcra::{Op as GcraOp, Rate, Verdict};
 use floodgate::{Clock, Decision, Error, Limit, ManualClock, MonotonicClock, Policy, Store};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::cache::DenyCache;
+use crate::connection::Connection;
 use crate::failure::{Breaker, FailurePolicy, Fallback, Gate, LocalOp};
 use crate::keys;
 
@@ -34,7 +34,7 @@ const OP_CHARGE: u8 = 3;
 /// and the call retried transparently: that error means the script never ran.
 #[derive(Clone)]
 pub struct RedisStore<C: Clock = MonotonicClock> {
-    connection: ConnectionManager,
+    connection: Connection,
     script: Arc<redis::Script>,
     prefix: Arc<str>,
     timeout: Duration,
@@ -189,42 +189,33 @@ impl<C: Clock> RedisStoreBuilder<C> {
                 ),
             ));
         }
-        if !self.url.starts_with("redis://")
-            && !self.url.starts_with("redis+unix://")
-            && !self.url.starts_with("unix://")
-        {
-            return Err(config(
-                "url",
-                format!("{redacted}: expected a redis:// URL"),
-            ));
-        }
-        let client = redis::Client::open(self.url.as_str()).map_err(|e| {
-            config(
-                "url",
-                format!("{redacted}: {}", sanitize(&e.to_string(), &self.url)),
-            )
-        })?;
-        let manager_config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.connect_timeout))
-            // Each call carries its own deadline (reconnecting and script reloads included).
-            .set_response_timeout(None)
-            .set_number_of_retries(1);
-        let connect = ConnectionManager::new_with_config(client, manager_config);
-        let connection = match tokio::time::timeout(self.connect_timeout, connect).await {
-            Ok(Ok(connection)) => connection,
-            Ok(Err(e)) => {
-                return Err(store_error(format!(
-                    "cannot connect to {redacted}: {}",
-                    sanitize(&e.to_string(), &self.url)
-                )));
+        let connect = match cluster_nodes(&self.url) {
+            Some(nodes) => Connection::cluster(nodes?, self.connect_timeout).await,
+            None if self.url.starts_with("redis://") || self.url.starts_with("unix://") => {
+                Connection::standalone(&self.url, self.connect_timeout).await
             }
-            Err(_) => {
-                return Err(store_error(format!(
-                    "cannot connect to {redacted}: no answer within {:?}",
-                    self.connect_timeout
-                )));
+            None => {
+                return Err(config(
+                    "url",
+                    format!(
+                        "{redacted}: expected redis://host:port or redis+cluster://host:port,host:port"
+                    ),
+                ));
             }
         };
+        let connection = connect.map_err(|e| {
+            if e.kind() == redis::ErrorKind::InvalidClientConfig {
+                config(
+                    "url",
+                    format!("{redacted}: {}", sanitize(&e.to_string(), &self.url)),
+                )
+            } else {
+                store_error(format!(
+                    "cannot connect to {redacted}: {}",
+                    sanitize(&e.to_string(), &self.url)
+                ))
+            }
+        })?;
         let store = RedisStore {
             connection,
             script: Arc::new(redis::Script::new(include_str!("scripts/decide.lua"))),
@@ -246,12 +237,14 @@ impl<C: Clock> RedisStore<C> {
     /// Warns when `maxmemory-policy` lets Redis evict keys that carry a TTL (all of ours):
     /// an evicted bucket is a reset.
     async fn warn_if_keys_can_be_evicted(&self) {
-        let mut connection = self.connection.clone();
-        let reply: Result<Vec<String>, _> = redis::cmd("CONFIG")
-            .arg("GET")
-            .arg("maxmemory-policy")
-            .query_async(&mut connection)
-            .await;
+        let mut command = redis::cmd("CONFIG");
+        command.arg("GET").arg("maxmemory-policy");
+        let reply = tokio::time::timeout(
+            self.timeout * 10,
+            self.connection.query::<Vec<String>>(&command),
+        )
+        .await;
+        let reply = reply.unwrap_or_else(|_| Err(timed_out()));
         if let Ok(values) = reply {
             if let Some(policy) = values.get(1) {
                 if policy != "noeviction" {
@@ -307,24 +300,20 @@ impl<C: Clock> RedisStore<C> {
                 .await;
         }
         let keys = keys::keys(&self.prefix, policy, key);
-        let mut invocation = self.script.prepare_invoke();
-        for k in &keys {
-            invocation.key(k);
-        }
         let now = if self.send_time {
-            (self.clock.now_nanos() / UNIT_NS).to_string()
+            i64::try_from(self.clock.now_nanos() / UNIT_NS).unwrap_or(i64::MAX)
         } else {
-            "-1".to_owned()
+            -1
         };
-        invocation.arg(op).arg(cost).arg(now);
+        let mut args = vec![i64::from(op), i64::from(cost), now];
         for rate in &rates {
-            invocation.arg(rate.interval()).arg(rate.burst());
+            args.push(i64::try_from(rate.interval()).unwrap_or(i64::MAX));
+            args.push(i64::try_from(rate.burst()).unwrap_or(i64::MAX));
         }
-        let mut connection = self.connection.clone();
-        // One deadline for the whole call, reconnecting and a script reload included.
+        // One deadline for the whole call: reconnecting, redirects and a script reload.
         let call = tokio::time::timeout(
             self.timeout,
-            invocation.invoke_async::<redis::Value>(&mut connection),
+            self.connection.eval(&self.script, &keys, &args),
         );
         let failure = match call.await.unwrap_or_else(|_| Err(timed_out())) {
             Ok(reply) => {
@@ -481,10 +470,9 @@ impl<C: Clock> Store for RedisStore<C> {
             cache.forget(policy, key);
         }
         let keys = keys::keys(&self.prefix, policy, key);
-        let mut connection = self.connection.clone();
         let mut command = redis::cmd("DEL");
         command.arg(&keys);
-        let call = tokio::time::timeout(self.timeout, command.query_async::<i64>(&mut connection));
+        let call = tokio::time::timeout(self.timeout, self.connection.query::<i64>(&command));
         match call.await.unwrap_or_else(|_| Err(timed_out())) {
             Ok(_) => Ok(()),
             Err(e) => Err(self.error(&e)),
@@ -532,6 +520,30 @@ fn config(knob: &'static str, reason: String) -> Error {
 
 fn store_error(message: String) -> Error {
     Error::Store(message.into())
+}
+
+/// The node URLs of a `redis+cluster://[user:password@]h1:p1,h2:p2` URL (the credentials
+/// apply to every node), or `None` for another scheme.
+fn cluster_nodes(url: &str) -> Option<Result<Vec<String>, Error>> {
+    let rest = url.strip_prefix("redis+cluster://")?;
+    let (userinfo, hosts) = match rest.rsplit_once('@') {
+        Some((userinfo, hosts)) => (format!("{userinfo}@"), hosts),
+        None => (String::new(), rest),
+    };
+    let nodes: Vec<String> = hosts
+        .trim_end_matches('/')
+        .split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .map(|host| format!("redis://{userinfo}{host}"))
+        .collect();
+    if nodes.is_empty() {
+        return Some(Err(config(
+            "url",
+            format!("{}: no Cluster node given", redact(url)),
+        )));
+    }
+    Some(Ok(nodes))
 }
 
 /// The URL with any password replaced by `***`, for messages and `Debug`.

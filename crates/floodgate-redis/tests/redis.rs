@@ -54,12 +54,16 @@ async fn losing_the_script_cache_is_invisible_to_callers() {
 #[tokio::test]
 async fn bad_urls_and_settings_are_clear_errors() {
     let cases = [
-        ("http://127.0.0.1:6379", "expected a redis:// URL"),
+        (
+            "http://127.0.0.1:6379",
+            "expected redis://host:port or redis+cluster://",
+        ),
         (
             "rediss://127.0.0.1:6379",
             "TLS (rediss://) is not supported",
         ),
-        ("not a url", "expected a redis:// URL"),
+        ("not a url", "expected redis://host:port"),
+        ("redis+cluster://", "no Cluster node given"),
     ];
     for (url, message) in cases {
         let error = RedisStore::connect(url).await.unwrap_err();

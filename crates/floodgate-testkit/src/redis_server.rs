@@ -159,3 +159,105 @@ impl Drop for RedisServer {
 fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
+
+/// A local Redis Cluster of masters (no replicas), each a [`RedisServer`] of ours, with all
+/// 16 384 slots assigned. Stopped on drop.
+#[derive(Debug)]
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts `masters` (≥ 3) cluster-enabled servers and joins them with
+    /// `redis-cli --cluster create`; waits until the cluster reports `cluster_state:ok`.
+    pub fn start(masters: usize) -> Self {
+        let nodes: Vec<RedisServer> = (0..masters)
+            .map(|_| {
+                RedisServer::start_with(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-node-timeout",
+                    "5000",
+                ])
+            })
+            .collect();
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port()))
+            .collect();
+        let output = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run redis-cli --cluster create: {e}"));
+        assert!(
+            output.status.success(),
+            "cluster create failed: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        let cluster = RedisCluster { nodes };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !cluster
+            .nodes
+            .iter()
+            .all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the cluster did not become ready"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        cluster
+    }
+
+    /// `redis+cluster://127.0.0.1:p1,127.0.0.1:p2,…`.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port()))
+            .collect();
+        format!("redis+cluster://{}", hosts.join(","))
+    }
+
+    /// The nodes.
+    pub fn nodes(&self) -> &[RedisServer] {
+        &self.nodes
+    }
+
+    /// The node that serves `slot` now.
+    pub fn node_for_slot(&self, slot: u16) -> &RedisServer {
+        self.nodes
+            .iter()
+            .find(|n| n.owns(slot))
+            .unwrap_or_else(|| panic!("no node owns slot {slot}"))
+    }
+}
+
+impl RedisServer {
+    /// This node's Cluster id.
+    pub fn node_id(&self) -> String {
+        self.cli(&["CLUSTER", "MYID"])
+    }
+
+    /// Whether this Cluster node serves `slot`.
+    pub fn owns(&self, slot: u16) -> bool {
+        let me = self.node_id();
+        self.cli(&["CLUSTER", "NODES"]).lines().any(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            fields.first() == Some(&me.as_str())
+                && fields
+                    .iter()
+                    .skip(8)
+                    .any(|range| match range.split_once('-') {
+                        Some((a, b)) => {
+                            a.parse::<u16>().is_ok_and(|a| a <= slot)
+                                && b.parse::<u16>().is_ok_and(|b| slot <= b)
+                        }
+                        None => range.parse::<u16>() == Ok(slot),
+                    })
+        })
+    }
+}

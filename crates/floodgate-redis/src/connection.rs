@@ -1,0 +1,200 @@
+//! One connection to Redis: a standalone server or a Cluster, with the retry rules that keep
+//! a request from ever being applied twice.
+//!
+//! Only errors that prove a request did *not* run are retried: NOSCRIPT (the script was not
+//! in the cache: load it, run again), MOVED (the slot lives elsewhere: the slot map is
+//! refreshed, run again) and ASK (the slot is migrating: run once on the named node after
+//! `ASKING`). Anything whose outcome is unknown — a timeout, a connection lost after sending —
+//! is returned to the caller, never replayed. The Cluster client's own retries are turned
+//! off for that reason.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::SingleNodeRoutingInfo;
+use redis::{RedisError, RedisResult, Script, ServerErrorKind, Value};
+
+/// Redirects followed for one request before giving up (a slot moving twice in a row).
+const MAX_REDIRECTS: usize = 3;
+
+#[derive(Clone)]
+pub(crate) enum Connection {
+    Standalone(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl Connection {
+    /// Connects to a standalone server (`redis://…`).
+    pub(crate) async fn standalone(url: &str, connect_timeout: Duration) -> RedisResult<Self> {
+        let client = redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(connect_timeout))
+            // Each call carries its own deadline (reconnecting and script reloads included).
+            .set_response_timeout(None)
+            .set_number_of_retries(1);
+        Ok(Connection::Standalone(
+            ConnectionManager::new_with_config(client, config).await?,
+        ))
+    }
+
+    /// Connects to a Cluster through any of `nodes` (`redis://host:port` each).
+    pub(crate) async fn cluster(
+        nodes: Vec<String>,
+        connect_timeout: Duration,
+    ) -> RedisResult<Self> {
+        let client = redis::cluster::ClusterClient::builder(nodes)
+            .retries(0)
+            .connection_timeout(connect_timeout)
+            .build()?;
+        Ok(Connection::Cluster(client.get_async_connection().await?))
+    }
+
+    /// Runs `script` with `keys` (one slot) and `args`.
+    pub(crate) async fn eval(
+        &self,
+        script: &Script,
+        keys: &[String],
+        args: &[i64],
+    ) -> RedisResult<Value> {
+        let mut invocation = script.prepare_invoke();
+        for key in keys {
+            invocation.key(key);
+        }
+        for arg in args {
+            invocation.arg(arg);
+        }
+        match self {
+            Connection::Standalone(connection) => {
+                invocation.invoke_async(&mut connection.clone()).await
+            }
+            Connection::Cluster(connection) => {
+                let mut connection = connection.clone();
+                let mut redirects = 0;
+                loop {
+                    let error = match invocation.invoke_async(&mut connection).await {
+                        Err(error) if redirects < MAX_REDIRECTS => error,
+                        result => return result,
+                    };
+                    redirects += 1;
+                    match error.kind() {
+                        // Not run; the client has refreshed its slot map.
+                        redis::ErrorKind::Server(ServerErrorKind::Moved) => continue,
+                        redis::ErrorKind::Server(ServerErrorKind::Ask) => {
+                            let Some(node) = node_of(&error) else {
+                                return Err(error);
+                            };
+                            return ask(&mut connection, node, script, keys, args).await;
+                        }
+                        _ => return Err(error),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs one command routed by its keys, following redirects like [`eval`](Self::eval).
+    pub(crate) async fn query<T: redis::FromRedisValue>(
+        &self,
+        command: &redis::Cmd,
+    ) -> RedisResult<T> {
+        match self {
+            Connection::Standalone(connection) => {
+                command.query_async(&mut connection.clone()).await
+            }
+            Connection::Cluster(connection) => {
+                let mut connection = connection.clone();
+                let mut redirects = 0;
+                loop {
+                    let error = match command.query_async(&mut connection).await {
+                        Err(error) if redirects < MAX_REDIRECTS => error,
+                        result => return result,
+                    };
+                    redirects += 1;
+                    match error.kind() {
+                        redis::ErrorKind::Server(ServerErrorKind::Moved) => continue,
+                        redis::ErrorKind::Server(ServerErrorKind::Ask) => {
+                            let Some(node) = node_of(&error) else {
+                                return Err(error);
+                            };
+                            let mut pipe = redis::pipe();
+                            pipe.cmd("ASKING").add_command(command.clone());
+                            let reply = connection
+                                .route_pipeline(pipe, 1, 1, node)
+                                .await
+                                .and_then(first)?;
+                            return Ok(redis::from_redis_value(reply)?);
+                        }
+                        _ => return Err(error),
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `host:port` of the node an ASK or MOVED error names.
+fn node_of(error: &RedisError) -> Option<SingleNodeRoutingInfo> {
+    let (address, _slot) = error.redirect_node()?;
+    let (host, port) = address.rsplit_once(':')?;
+    Some(SingleNodeRoutingInfo::ByAddress {
+        host: host.to_owned(),
+        port: port.parse().ok()?,
+    })
+}
+
+/// Runs the script once on the node importing the slot, after `ASKING` (loading it there
+/// first if that node's cache lacks it).
+async fn ask(
+    connection: &mut ClusterConnection,
+    node: SingleNodeRoutingInfo,
+    script: &Script,
+    keys: &[String],
+    args: &[i64],
+) -> RedisResult<Value> {
+    let evalsha = || {
+        let mut pipe = redis::pipe();
+        pipe.cmd("ASKING")
+            .cmd("EVALSHA")
+            .arg(script.get_hash())
+            .arg(keys.len())
+            .arg(keys)
+            .arg(args);
+        pipe
+    };
+    // The reply to EVALSHA only: skip the one to ASKING.
+    let reply = connection
+        .route_pipeline(evalsha(), 1, 1, node.clone())
+        .await
+        .and_then(first);
+    match reply {
+        Err(error) if error.kind() == redis::ErrorKind::Server(ServerErrorKind::NoScript) => {
+            let mut load = redis::cmd("SCRIPT");
+            load.arg("LOAD").arg(script_source(script));
+            connection
+                .route_command(
+                    load,
+                    redis::cluster_routing::RoutingInfo::SingleNode(node.clone()),
+                )
+                .await?;
+            connection
+                .route_pipeline(evalsha(), 1, 1, node)
+                .await
+                .and_then(first)
+        }
+        reply => reply,
+    }
+}
+
+/// The one reply of a pipeline, with an error reply turned into an error.
+fn first(mut values: Vec<Value>) -> RedisResult<Value> {
+    values
+        .pop()
+        .ok_or_else(|| RedisError::from((redis::ErrorKind::Client, "empty pipeline reply")))?
+        .extract_error()
+}
+
+/// The decision script's source (the only script this store runs).
+fn script_source(_script: &Script) -> &'static str {
+    include_str!("scripts/decide.lua")
+}
