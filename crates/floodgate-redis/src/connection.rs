@@ -25,9 +25,14 @@ pub(crate) enum Connection {
 }
 
 impl Connection {
-    /// Connects to a standalone server (`redis://…`).
-    pub(crate) async fn standalone(url: &str, connect_timeout: Duration) -> RedisResult<Self> {
-        let client = redis::Client::open(url)?;
+    /// Connects to a standalone server (`redis://…`, or `rediss://…` with the `tls` feature,
+    /// verified against `root_certificate` (PEM) when given, the system's roots otherwise).
+    pub(crate) async fn standalone(
+        url: &str,
+        connect_timeout: Duration,
+        root_certificate: Option<&[u8]>,
+    ) -> RedisResult<Self> {
+        let client = client(url, root_certificate)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(connect_timeout))
             // Each call carries its own deadline (reconnecting and script reloads included).
@@ -131,6 +136,25 @@ impl Connection {
             }
         }
     }
+}
+
+#[cfg(feature = "tls")]
+fn client(url: &str, root_certificate: Option<&[u8]>) -> RedisResult<redis::Client> {
+    match root_certificate {
+        Some(pem) => redis::Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.to_vec()),
+            },
+        ),
+        None => redis::Client::open(url),
+    }
+}
+
+#[cfg(not(feature = "tls"))]
+fn client(url: &str, _root_certificate: Option<&[u8]>) -> RedisResult<redis::Client> {
+    redis::Client::open(url)
 }
 
 /// `host:port` of the node an ASK or MOVED error names.

@@ -17,6 +17,11 @@
 //! # Ok(()) }
 //! ```
 //!
+//! URLs: `redis://[user:password@]host:port[/db]`, `rediss://…` for TLS (feature `tls`; a
+//! private CA via [`RedisStoreBuilder::tls_root_certificate`]), and
+//! `redis+cluster://[user:password@]host:port,host:port` for a Cluster. Passwords never appear
+//! in `Debug` output or error messages.
+//!
 //! # Keys
 //!
 //! The state of limit `i` of `(policy, key)` lives at `{prefix}fg1{tag}i`, where `tag` is 16

@@ -61,6 +61,7 @@ pub struct RedisStoreBuilder<C: Clock = MonotonicClock> {
     breaker_failures: u32,
     breaker_cooldown: Duration,
     deny_cache: usize,
+    root_certificate: Option<Vec<u8>>,
 }
 
 impl RedisStore {
@@ -83,6 +84,7 @@ impl RedisStore {
             breaker_failures: DEFAULT_BREAKER_FAILURES,
             breaker_cooldown: DEFAULT_BREAKER_COOLDOWN,
             deny_cache: DEFAULT_DENY_CACHE,
+            root_certificate: None,
         }
     }
 }
@@ -140,6 +142,13 @@ impl<C: Clock> RedisStoreBuilder<C> {
         self
     }
 
+    /// For `rediss://` (feature `tls`): trust the certificate authority in `pem` (a private
+    /// CA) instead of the system's roots.
+    pub fn tls_root_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.root_certificate = Some(pem.into());
+        self
+    }
+
     /// **For tests only**: decide on `clock` instead of the Redis server's `TIME`, so a test
     /// can drive Redis-backed decisions with a [`ManualClock`]. Never use it in production:
     /// nodes with different clocks would disagree about every bucket.
@@ -156,6 +165,7 @@ impl<C: Clock> RedisStoreBuilder<C> {
             breaker_failures: self.breaker_failures,
             breaker_cooldown: self.breaker_cooldown,
             deny_cache: self.deny_cache,
+            root_certificate: self.root_certificate,
         }
     }
 
@@ -181,18 +191,24 @@ impl<C: Clock> RedisStoreBuilder<C> {
         if self.timeout.is_zero() {
             return Err(config("timeout", "must be longer than zero".into()));
         }
-        if self.url.starts_with("rediss://") {
+        if self.url.starts_with("rediss://") && !cfg!(feature = "tls") {
             return Err(config(
                 "url",
-                format!(
-                    "{redacted}: TLS (rediss://) is not supported by this build of floodgate-redis yet"
-                ),
+                format!("{redacted}: TLS (rediss://) needs floodgate-redis's `tls` feature"),
             ));
         }
         let connect = match cluster_nodes(&self.url) {
             Some(nodes) => Connection::cluster(nodes?, self.connect_timeout).await,
-            None if self.url.starts_with("redis://") || self.url.starts_with("unix://") => {
-                Connection::standalone(&self.url, self.connect_timeout).await
+            None if ["redis://", "rediss://", "unix://"]
+                .iter()
+                .any(|scheme| self.url.starts_with(scheme)) =>
+            {
+                Connection::standalone(
+                    &self.url,
+                    self.connect_timeout,
+                    self.root_certificate.as_deref(),
+                )
+                .await
             }
             None => {
                 return Err(config(
@@ -510,6 +526,13 @@ impl<C: Clock> fmt::Debug for RedisStoreBuilder<C> {
             .field("prefix", &self.prefix)
             .field("timeout", &self.timeout)
             .field("connect_timeout", &self.connect_timeout)
+            .field(
+                "tls_root_certificate",
+                &self
+                    .root_certificate
+                    .as_ref()
+                    .map(|pem| format!("{} bytes", pem.len())),
+            )
             .finish()
     }
 }

@@ -58,9 +58,10 @@ async fn bad_urls_and_settings_are_clear_errors() {
             "http://127.0.0.1:6379",
             "expected redis://host:port or redis+cluster://",
         ),
+        #[cfg(not(feature = "tls"))]
         (
             "rediss://127.0.0.1:6379",
-            "TLS (rediss://) is not supported",
+            "TLS (rediss://) needs floodgate-redis's `tls` feature",
         ),
         ("not a url", "expected redis://host:port"),
         ("redis+cluster://", "no Cluster node given"),
