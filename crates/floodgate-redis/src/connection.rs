@@ -82,16 +82,10 @@ impl Connection {
                         result => return result,
                     };
                     redirects += 1;
-                    match error.kind() {
-                        // Not run; the client has refreshed its slot map.
-                        redis::ErrorKind::Server(ServerErrorKind::Moved) => continue,
-                        redis::ErrorKind::Server(ServerErrorKind::Ask) => {
-                            let Some(node) = node_of(&error) else {
-                                return Err(error);
-                            };
-                            return ask(&mut connection, node, script, keys, args).await;
-                        }
-                        _ => return Err(error),
+                    match redirect(error)? {
+                        // MOVED: not run, and the client has refreshed its slot map.
+                        None => continue,
+                        Some(node) => return ask(&mut connection, node, script, keys, args).await,
                     }
                 }
             }
@@ -116,21 +110,14 @@ impl Connection {
                         result => return result,
                     };
                     redirects += 1;
-                    match error.kind() {
-                        redis::ErrorKind::Server(ServerErrorKind::Moved) => continue,
-                        redis::ErrorKind::Server(ServerErrorKind::Ask) => {
-                            let Some(node) = node_of(&error) else {
-                                return Err(error);
-                            };
-                            let mut pipe = redis::pipe();
-                            pipe.cmd("ASKING").add_command(command.clone());
-                            let reply = connection
-                                .route_pipeline(pipe, 1, 1, node)
-                                .await
-                                .and_then(first)?;
-                            return Ok(redis::from_redis_value(reply)?);
-                        }
-                        _ => return Err(error),
+                    if let Some(node) = redirect(error)? {
+                        let mut pipe = redis::pipe();
+                        pipe.cmd("ASKING").add_command(command.clone());
+                        let reply = connection
+                            .route_pipeline(pipe, 1, 1, node)
+                            .await
+                            .and_then(first)?;
+                        return Ok(redis::from_redis_value(reply)?);
                     }
                 }
             }
@@ -155,6 +142,20 @@ fn client(url: &str, root_certificate: Option<&[u8]>) -> RedisResult<redis::Clie
 #[cfg(not(feature = "tls"))]
 fn client(url: &str, _root_certificate: Option<&[u8]>) -> RedisResult<redis::Client> {
     redis::Client::open(url)
+}
+
+/// What to do after a Cluster error: `Ok(None)` for MOVED (send again: the client has
+/// refreshed its slot map), `Ok(Some(node))` for ASK (send once to that node, after
+/// `ASKING`), the error itself for anything else.
+fn redirect(error: RedisError) -> RedisResult<Option<SingleNodeRoutingInfo>> {
+    match error.kind() {
+        redis::ErrorKind::Server(ServerErrorKind::Moved) => Ok(None),
+        redis::ErrorKind::Server(ServerErrorKind::Ask) => match node_of(&error) {
+            Some(node) => Ok(Some(node)),
+            None => Err(error),
+        },
+        _ => Err(error),
+    }
 }
 
 /// `host:port` of the node an ASK or MOVED error names.

@@ -2,39 +2,16 @@
 //! attacker-chosen keys, and decisions that follow a slot migration (ASK, then MOVED)
 //! without losing or replaying state.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
+mod common;
 
-use floodgate::{ManualClock, Policy, RateLimiter};
+use floodgate::{Policy, RateLimiter};
 use floodgate_redis::RedisStore;
-use floodgate_testkit::conformance::{self, Harness};
 use floodgate_testkit::redis_server::{RedisCluster, RedisServer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_passes_the_conformance_suite() {
     let cluster = RedisCluster::start(3);
-    let url = cluster.url();
-    let case = AtomicU32::new(0);
-    conformance::run(|| {
-        let prefix = format!("case{}:", case.fetch_add(1, Ordering::Relaxed));
-        let url = url.clone();
-        async move {
-            let clock = ManualClock::new();
-            let store = RedisStore::builder(&url)
-                .key_prefix(prefix)
-                .manual_clock(clock.clone())
-                .build()
-                .await
-                .unwrap_or_else(|e| panic!("{e}"));
-            Harness {
-                limiter: Arc::new(RateLimiter::new(store)),
-                clock,
-                resolution: Duration::from_micros(1),
-            }
-        }
-    })
-    .await;
+    common::conformance_suite(&cluster.url(), 0).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

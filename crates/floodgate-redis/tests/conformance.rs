@@ -1,13 +1,8 @@
 //! The shared conformance suite against a real `redis-server` of the test's own, driven by a
 //! manual clock through the test-only clock override.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
+mod common;
 
-use floodgate::{ManualClock, RateLimiter};
-use floodgate_redis::RedisStore;
-use floodgate_testkit::conformance::{self, Harness};
 use floodgate_testkit::redis_server::RedisServer;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -23,29 +18,7 @@ async fn redis_store_with_its_deny_cache_passes_the_conformance_suite() {
 
 async fn suite(deny_cache: usize) {
     let server = RedisServer::start();
-    let url = server.url();
-    let case = AtomicU32::new(0);
-    conformance::run(|| {
-        // A fresh prefix per case: fresh state on the shared server.
-        let prefix = format!("case{}:", case.fetch_add(1, Ordering::Relaxed));
-        let url = url.clone();
-        async move {
-            let clock = ManualClock::new();
-            let store = RedisStore::builder(&url)
-                .key_prefix(prefix)
-                .deny_cache(deny_cache)
-                .manual_clock(clock.clone())
-                .build()
-                .await
-                .unwrap_or_else(|e| panic!("{e}"));
-            Harness {
-                limiter: Arc::new(RateLimiter::new(store)),
-                clock,
-                resolution: Duration::from_micros(1),
-            }
-        }
-    })
-    .await;
+    common::conformance_suite(&server.url(), deny_cache).await;
     // Every key written carries a TTL: PTTL is -1 for a key without one (-2 for a key that
     // has expired since the scan, 0 for one expiring right now).
     let keys = server.cli(&["--scan", "--pattern", "*fg1{*"]);

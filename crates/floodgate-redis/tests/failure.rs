@@ -111,7 +111,7 @@ async fn a_paused_redis_costs_the_timeout_a_few_times_then_nothing() {
         assert_eq!(d.source(), DecisionSource::FailOpen);
         let took = call.elapsed();
         assert!(
-            took < Duration::from_millis(100 + 150),
+            took < Duration::from_millis(100 + 300),
             "a decision took {took:?} with a 100 ms timeout"
         );
         if took >= Duration::from_millis(50) {

@@ -1,0 +1,36 @@
+//! Shared by the Redis test files: the conformance suite against a URL.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use floodgate::{ManualClock, RateLimiter};
+use floodgate_redis::RedisStore;
+use floodgate_testkit::conformance::{self, Harness};
+
+/// Runs the conformance suite against the Redis at `url`, each case on a fresh key prefix
+/// (fresh state) and a manual clock (the test-only override), with a deny cache of
+/// `deny_cache` keys.
+pub(crate) async fn conformance_suite(url: &str, deny_cache: usize) {
+    let case = AtomicU32::new(0);
+    conformance::run(|| {
+        let prefix = format!("case{}:", case.fetch_add(1, Ordering::Relaxed));
+        let url = url.to_owned();
+        async move {
+            let clock = ManualClock::new();
+            let store = RedisStore::builder(&url)
+                .key_prefix(prefix)
+                .deny_cache(deny_cache)
+                .manual_clock(clock.clone())
+                .build()
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            Harness {
+                limiter: Arc::new(RateLimiter::new(store)),
+                clock,
+                resolution: Duration::from_micros(1),
+            }
+        }
+    })
+    .await;
+}
