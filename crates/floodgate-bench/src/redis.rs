@@ -117,7 +117,7 @@ pub(crate) fn run(runs: usize, millis: u64) {
     println!("\nRedis memory per key (used_memory delta over 50 000 keys, each with a TTL):\n");
     println!("| keys written by | bytes per key |");
     println!("|:---|---:|");
-    println!("| floodgate (`fg1{{tag}}0`, 22-byte names) | {ours:.1} |");
+    println!("| floodgate (`fg1{{tag}}0`, 20-byte names) | {ours:.1} |");
     println!("| minimal GCRA script (`user:123456`, 11-byte names) | {minimal:.1} |");
 }
 

@@ -5,6 +5,9 @@ use floodgate::Policy;
 /// Version of the key layout and script protocol.
 pub(crate) const LAYOUT: &str = "fg1";
 
+/// Digits in a tag.
+const TAG_LEN: usize = 14;
+
 /// URL-safe base64 digits: no braces, so the tag is the key's only Cluster hash tag.
 const DIGITS: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
@@ -16,17 +19,18 @@ pub(crate) fn keys(prefix: &str, policy: &Policy, key: &str) -> Vec<String> {
         .collect()
 }
 
-/// 16 base64 digits (96 bits) of SHA-1(name, 0, key): a fixed-size hash tag that user text
-/// cannot shape. Policy names cannot contain a zero byte, so the input is unambiguous.
+/// 14 base64 digits (84 bits) of SHA-1(name, 0, key): a fixed-size hash tag that user text
+/// cannot shape. Policy names cannot contain a zero byte, so the input is unambiguous. With
+/// the layout around it a key is 20 bytes, the size that fits Redis's 24-byte allocation.
 fn tag(name: &str, key: &str) -> String {
     let mut digest = sha1_smol::Sha1::new();
     digest.update(name.as_bytes());
     digest.update(&[0]);
     digest.update(key.as_bytes());
     let bytes = digest.digest().bytes();
-    let mut bits = u128::from_be_bytes(bytes[..16].try_into().unwrap_or([0; 16])) >> 32;
-    let mut tag = String::with_capacity(16);
-    for _ in 0..16 {
+    let mut bits = u128::from_be_bytes(bytes[..16].try_into().unwrap_or([0; 16])) >> 44;
+    let mut tag = String::with_capacity(TAG_LEN);
+    for _ in 0..TAG_LEN {
         tag.push(char::from(DIGITS[(bits & 63) as usize]));
         bits >>= 6;
     }
@@ -58,7 +62,7 @@ mod tests {
             let keys = keys("app:", &policy, user_key);
             assert_eq!(keys.len(), 2);
             for (i, k) in keys.iter().enumerate() {
-                assert_eq!(k.len(), "app:fg1{".len() + 16 + "}0".len());
+                assert_eq!(k.len(), "app:fg1{".len() + TAG_LEN + "}0".len());
                 assert!(k.starts_with("app:fg1{") && k.ends_with(&format!("}}{i}")));
                 assert_eq!((k.matches('{').count(), k.matches('}').count()), (1, 1));
             }

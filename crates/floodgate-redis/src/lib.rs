@@ -24,12 +24,12 @@
 //!
 //! # Keys
 //!
-//! The state of limit `i` of `(policy, key)` lives at `{prefix}fg1{tag}i`, where `tag` is 16
-//! URL-safe base64 digits (96 bits) of a SHA-1 digest of the policy name and your key, for
-//! example `fg1{Qk3v0F9aZx2mT1pL}0`. So keys of any length make short Redis keys, braces in
+//! The state of limit `i` of `(policy, key)` lives at `{prefix}fg1{tag}i`, where `tag` is 14
+//! URL-safe base64 digits (84 bits) of a SHA-1 digest of the policy name and your key, for
+//! example `fg1{Qk3v0F9aZx2mT1}0` (20 bytes). So keys of any length make short Redis keys, braces in
 //! your keys never form a Cluster hash tag, all limits of one key share a hash slot, and
-//! keys spread evenly over slots. Two keys share a bucket only if their 96-bit tags collide:
-//! about one chance in 10^15 among ten million live keys. `fg1` is the layout version: a
+//! keys spread evenly over slots. Two keys share a bucket only if their 84-bit tags collide:
+//! about one chance in 4 × 10^11 among ten million live keys. `fg1` is the layout version: a
 //! future layout will use another, so both can coexist during a rolling upgrade.
 //!
 //! State is keyed by the policy's *name*: changing a policy's rates under the same name keeps
