@@ -48,6 +48,7 @@ cases!(
     until_ready_completes_exactly_when_capacity_appears,
     a_dropped_until_ready_charges_nothing,
     until_ready_timeout_fails_at_once_when_the_wait_is_too_long,
+    next_token_after_is_the_time_until_one_whole_token,
 );
 
 /// Runs every case, each on a fresh store from `make`, and panics naming the first case
@@ -438,4 +439,18 @@ async fn until_ready_timeout_fails_at_once_when_the_wait_is_too_long<S: Store>(h
         .unwrap_or_else(|e| panic!("{e}"))
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(d.is_allowed());
+}
+
+async fn next_token_after_is_the_time_until_one_whole_token<S: Store>(h: Harness<S>) {
+    let p = policy("tokens", "5/s burst 10");
+    assert_eq!(check(&h, &p, "k").await.next_token_after(), Duration::ZERO);
+    exhaust(&h, &p, "k").await;
+    let d = peek(&h, &p, "k").await;
+    assert_eq!((d.remaining(), d.next_token_after()), (0, ms(200)));
+    h.clock.advance(ms(150));
+    assert_eq!(peek(&h, &p, "k").await.next_token_after(), ms(50));
+    let d = check_n(&h, &p, "k", 3).await;
+    assert_eq!((d.is_allowed(), d.retry_after(), d.next_token_after()), (false, ms(450), ms(50)));
+    h.clock.advance(ms(50));
+    assert_eq!(peek(&h, &p, "k").await.next_token_after(), Duration::ZERO);
 }

@@ -50,6 +50,8 @@ pub struct Decision {
     retry_after: u64,
     reset_after: u64,
     unit_ns: u64,
+    /// Built from a verdict (the refill arithmetic is known), not from parts.
+    exact: bool,
 }
 
 fn nanos(d: Duration) -> u64 {
@@ -77,6 +79,7 @@ impl Decision {
             retry_after: if allowed { 0 } else { nanos(retry_after) },
             reset_after: nanos(reset_after),
             unit_ns: 1,
+            exact: false,
         }
     }
 
@@ -98,6 +101,7 @@ impl Decision {
             },
             reset_after: verdict.reset_after,
             unit_ns: unit_ns.max(1),
+            exact: true,
         }
     }
 
@@ -131,6 +135,20 @@ impl Decision {
     pub fn retry_after(&self) -> Duration {
         Duration::from_nanos(self.retry_after.saturating_mul(self.unit_ns))
     }
+    /// How long until the deciding limit holds at least one whole token: zero while
+    /// `remaining() > 0`. (For the wait of a request of some cost, see
+    /// [`retry_after`](Self::retry_after).)
+    pub fn next_token_after(&self) -> Duration {
+        if self.left >= self.interval {
+            Duration::ZERO
+        } else if !self.exact {
+            // Built from parts: the refill time is unknown; the wait is the best bound.
+            self.retry_after()
+        } else {
+            Duration::from_nanos((self.interval - self.left).saturating_mul(self.unit_ns))
+        }
+    }
+
     /// How long until every limit of the policy is full again.
     pub fn reset_after(&self) -> Duration {
         Duration::from_nanos(self.reset_after.saturating_mul(self.unit_ns))
