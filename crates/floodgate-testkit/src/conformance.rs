@@ -450,7 +450,10 @@ async fn next_token_after_is_the_time_until_one_whole_token<S: Store>(h: Harness
     h.clock.advance(ms(150));
     assert_eq!(peek(&h, &p, "k").await.next_token_after(), ms(50));
     let d = check_n(&h, &p, "k", 3).await;
-    assert_eq!((d.is_allowed(), d.retry_after(), d.next_token_after()), (false, ms(450), ms(50)));
+    assert_eq!(
+        (d.is_allowed(), d.retry_after(), d.next_token_after()),
+        (false, ms(450), ms(50))
+    );
     h.clock.advance(ms(50));
     assert_eq!(peek(&h, &p, "k").await.next_token_after(), Duration::ZERO);
 }

@@ -1,0 +1,380 @@
+//! `RateLimitLayer`, `RateLimit<S>` and `ResponseFuture`: tower's three types.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use floodgate::{Decision, Error, MemoryStore, Policy, RateLimiter, Store};
+use http::{HeaderValue, Request, Response, StatusCode};
+use tower::{Layer, Service};
+
+use crate::headers::{self, HeaderMode};
+use crate::key::{KeyExtractor, PeerIp, RequestInfo};
+
+/// What happens to a request whose key cannot be extracted (no peer address, no API key).
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MissingKey {
+    /// Count it against one bucket shared by every such request, named by this key (the
+    /// default, `"unidentified"`): limited, never unlimited.
+    Shared(String),
+    /// Let it through unlimited.
+    Allow,
+    /// Answer `401 Unauthorized` (for keys that identify a client, such as API keys).
+    Reject,
+}
+
+impl Default for MissingKey {
+    fn default() -> Self {
+        MissingKey::Shared("unidentified".into())
+    }
+}
+
+/// What happens when the store fails ([`Error::Store`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum OnStoreError {
+    /// Let the request through (the default): the limiter must not take the service down.
+    #[default]
+    Allow,
+    /// Answer `503 Service Unavailable` with `Retry-After: 1`.
+    Deny,
+}
+
+/// Which policy a request is checked against.
+enum Policies {
+    Fixed(Policy),
+    /// By path, exact match, with a default (or none: unlimited).
+    PerRoute {
+        routes: HashMap<String, Policy>,
+        default: Option<Policy>,
+    },
+}
+
+/// Requests that are never limited.
+type Exemption = Box<dyn Fn(&RequestInfo<'_>) -> bool + Send + Sync>;
+
+struct Shared<S: Store> {
+    limiter: Arc<RateLimiter<S>>,
+    policies: Policies,
+    key: Box<dyn KeyExtractor>,
+    missing_key: MissingKey,
+    on_store_error: OnStoreError,
+    headers: HeaderMode,
+    shadow: bool,
+    cost: u32,
+    exempt: Option<Exemption>,
+}
+
+/// A tower [`Layer`] that rate-limits requests: each request is checked against a policy
+/// under a key taken from it; a denied request gets `429 Too Many Requests` with
+/// `Retry-After`, the IETF `RateLimit` fields and an `application/problem+json` body, and
+/// never reaches the inner service. Clones of the service share one limiter.
+///
+/// ```
+/// use std::sync::Arc;
+/// use floodgate::{Policy, RateLimiter};
+/// use floodgate_tower::{PeerIp, RateLimitLayer};
+///
+/// # fn main() -> Result<(), floodgate::Error> {
+/// let limiter = Arc::new(RateLimiter::in_memory());
+/// let layer = RateLimitLayer::new(limiter, Policy::parse("api", "10/s burst 20")?)
+///     .key(PeerIp::new().trust_proxies(["10.0.0.0/8".parse().unwrap()]));
+/// # let _ = layer; Ok(()) }
+/// ```
+pub struct RateLimitLayer<S: Store = MemoryStore> {
+    shared: Arc<Shared<S>>,
+}
+
+impl<S: Store> Clone for RateLimitLayer<S> {
+    fn clone(&self) -> Self {
+        RateLimitLayer {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<S: Store> fmt::Debug for RateLimitLayer<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimitLayer")
+            .field("headers", &self.shared.headers)
+            .field("shadow", &self.shared.shadow)
+            .field("cost", &self.shared.cost)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Store> RateLimitLayer<S> {
+    /// Every request checked against `policy`, keyed by the client's IP ([`PeerIp`]).
+    pub fn new(limiter: Arc<RateLimiter<S>>, policy: Policy) -> Self {
+        Self::with(limiter, Policies::Fixed(policy))
+    }
+
+    /// A policy per path (exact match); other paths get `default`, or are not limited when
+    /// it is `None`.
+    pub fn per_route(
+        limiter: Arc<RateLimiter<S>>,
+        routes: impl IntoIterator<Item = (String, Policy)>,
+        default: Option<Policy>,
+    ) -> Self {
+        Self::with(
+            limiter,
+            Policies::PerRoute {
+                routes: routes.into_iter().collect(),
+                default,
+            },
+        )
+    }
+
+    fn with(limiter: Arc<RateLimiter<S>>, policies: Policies) -> Self {
+        RateLimitLayer {
+            shared: Arc::new(Shared {
+                limiter,
+                policies,
+                key: Box::new(PeerIp::new()),
+                missing_key: MissingKey::default(),
+                on_store_error: OnStoreError::default(),
+                headers: HeaderMode::default(),
+                shadow: false,
+                cost: 1,
+                exempt: None,
+            }),
+        }
+    }
+
+    fn map(self, change: impl FnOnce(&mut Shared<S>)) -> Self {
+        let mut shared =
+            Arc::try_unwrap(self.shared).unwrap_or_else(|_| unreachable!("configured before use"));
+        change(&mut shared);
+        RateLimitLayer {
+            shared: Arc::new(shared),
+        }
+    }
+
+    /// Where the key comes from (default: the client IP, [`PeerIp::new`]).
+    #[must_use]
+    pub fn key(self, key: impl KeyExtractor) -> Self {
+        self.map(|s| s.key = Box::new(key))
+    }
+
+    /// What to do with requests that have no key (default: one shared bucket).
+    #[must_use]
+    pub fn on_missing_key(self, outcome: MissingKey) -> Self {
+        self.map(|s| s.missing_key = outcome)
+    }
+
+    /// What to do when the store fails (default: allow).
+    #[must_use]
+    pub fn on_store_error(self, outcome: OnStoreError) -> Self {
+        self.map(|s| s.on_store_error = outcome)
+    }
+
+    /// Which headers responses carry (default: the IETF fields).
+    #[must_use]
+    pub fn headers(self, mode: HeaderMode) -> Self {
+        self.map(|s| s.headers = mode)
+    }
+
+    /// Shadow mode: decide, count and set headers, but never reject (to try a policy on live
+    /// traffic first).
+    #[must_use]
+    pub fn shadow(self, shadow: bool) -> Self {
+        self.map(|s| s.shadow = shadow)
+    }
+
+    /// Tokens each request costs (default 1; 0 is raised to 1).
+    #[must_use]
+    pub fn cost(self, cost: u32) -> Self {
+        self.map(|s| s.cost = cost.max(1))
+    }
+
+    /// Requests for which `exempt` is true are never limited (an allow-list).
+    #[must_use]
+    pub fn exempt(self, exempt: impl Fn(&RequestInfo<'_>) -> bool + Send + Sync + 'static) -> Self {
+        self.map(|s| s.exempt = Some(Box::new(exempt)))
+    }
+}
+
+impl<Inner, S: Store> Layer<Inner> for RateLimitLayer<S> {
+    type Service = RateLimit<Inner, S>;
+
+    fn layer(&self, inner: Inner) -> Self::Service {
+        RateLimit {
+            inner,
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+/// The rate-limiting service made by [`RateLimitLayer`].
+pub struct RateLimit<Inner, S: Store = MemoryStore> {
+    inner: Inner,
+    shared: Arc<Shared<S>>,
+}
+
+impl<Inner: Clone, S: Store> Clone for RateLimit<Inner, S> {
+    fn clone(&self) -> Self {
+        RateLimit {
+            inner: self.inner.clone(),
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<Inner: fmt::Debug, S: Store> fmt::Debug for RateLimit<Inner, S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimit")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The future of [`RateLimit`]'s response.
+pub struct ResponseFuture<ResBody, E> {
+    future: Pin<Box<dyn Future<Output = Result<Response<ResBody>, E>> + Send>>,
+}
+
+impl<ResBody, E> Future for ResponseFuture<ResBody, E> {
+    type Output = Result<Response<ResBody>, E>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.future.as_mut().poll(cx)
+    }
+}
+
+impl<ResBody, E> fmt::Debug for ResponseFuture<ResBody, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+/// The outcome of checking one request.
+enum Verdict {
+    Pass(Option<(Policy, Decision)>),
+    Reject(Policy, Decision),
+    Unauthorized,
+    Unavailable,
+}
+
+impl<S: Store> Shared<S> {
+    async fn check(&self, policy: Option<Policy>, key: Option<String>) -> Verdict {
+        let Some(policy) = policy else {
+            return Verdict::Pass(None);
+        };
+        let key = match (key, &self.missing_key) {
+            (Some(key), _) => key,
+            (None, MissingKey::Shared(shared)) => shared.clone(),
+            (None, MissingKey::Allow) => return Verdict::Pass(None),
+            (None, MissingKey::Reject) => return Verdict::Unauthorized,
+        };
+        let cost = self.cost.min(policy.max_cost()).max(1);
+        match self.limiter.check_n(&policy, &key, cost).await {
+            Ok(decision) if decision.is_allowed() || self.shadow => {
+                Verdict::Pass(Some((policy, decision)))
+            }
+            Ok(decision) => Verdict::Reject(policy, decision),
+            Err(Error::Store(_)) if self.on_store_error == OnStoreError::Allow => {
+                Verdict::Pass(None)
+            }
+            Err(_) => Verdict::Unavailable,
+        }
+    }
+}
+
+impl<Inner, S, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimit<Inner, S>
+where
+    Inner: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    Inner::Future: Send + 'static,
+    Inner::Error: 'static,
+    S: Store,
+    ReqBody: Send + 'static,
+    ResBody: From<Bytes> + Send + 'static,
+{
+    type Response = Response<ResBody>;
+    type Error = Inner::Error;
+    type Future = ResponseFuture<ResBody, Inner::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        // The service that was polled ready handles this request; a fresh clone waits for
+        // the next poll_ready.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let shared = Arc::clone(&self.shared);
+        let info = RequestInfo::of(&request);
+        let exempt = shared.exempt.as_ref().is_some_and(|exempt| exempt(&info));
+        let (policy, key) = if exempt {
+            (None, None)
+        } else {
+            let policy = match &shared.policies {
+                Policies::Fixed(policy) => Some(policy.clone()),
+                Policies::PerRoute { routes, default } => {
+                    routes.get(info.uri.path()).or(default.as_ref()).cloned()
+                }
+            };
+            (policy, shared.key.extract(&info))
+        };
+        let future = async move {
+            match shared.check(policy, key).await {
+                Verdict::Pass(checked) => {
+                    let mut response = inner.call(request).await?;
+                    if let Some((policy, decision)) = checked {
+                        headers::insert(response.headers_mut(), shared.headers, &policy, &decision);
+                    }
+                    Ok(response)
+                }
+                Verdict::Reject(policy, decision) => {
+                    Ok(too_many_requests(shared.headers, &policy, &decision))
+                }
+                Verdict::Unauthorized => Ok(plain(StatusCode::UNAUTHORIZED, "missing credentials")),
+                Verdict::Unavailable => {
+                    let mut response =
+                        plain(StatusCode::SERVICE_UNAVAILABLE, "rate limiter unavailable");
+                    response
+                        .headers_mut()
+                        .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+                    Ok(response)
+                }
+            }
+        };
+        ResponseFuture {
+            future: Box::pin(future),
+        }
+    }
+}
+
+fn too_many_requests<B: From<Bytes>>(
+    mode: HeaderMode,
+    policy: &Policy,
+    decision: &Decision,
+) -> Response<B> {
+    let body = Bytes::from(headers::problem(policy, decision));
+    let mut response = Response::new(B::from(body));
+    *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    // Whole seconds, rounded up: never earlier than capacity really appears.
+    let retry = headers::ceil_secs(decision.retry_after()).max(1);
+    headers.insert(http::header::RETRY_AFTER, HeaderValue::from(retry));
+    headers::insert(headers, mode, policy, decision);
+    response
+}
+
+fn plain<B: From<Bytes>>(status: StatusCode, text: &'static str) -> Response<B> {
+    let mut response = Response::new(B::from(Bytes::from_static(text.as_bytes())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}

@@ -1,0 +1,42 @@
+//! Tower middleware for [`floodgate`]: rate limiting for axum, hyper and other tower-based
+//! HTTP services, with the standard headers.
+//!
+//! [`RateLimitLayer`] checks each request against a policy under a key taken from the
+//! request — by default the client IP, believing forwarding headers only from proxies you
+//! list. Denied requests get `429 Too Many Requests` with `Retry-After` (whole seconds,
+//! rounded up), the IETF `RateLimit-Policy` / `RateLimit` fields and an
+//! `application/problem+json` body; allowed responses carry the fields too.
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use std::sync::Arc;
+//! use bytes::Bytes;
+//! use floodgate::{Policy, RateLimiter};
+//! use floodgate_tower::{HeaderValue, RateLimitLayer};
+//! use http::{Request, Response};
+//! use tower::{Layer, Service, service_fn};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), floodgate::Error> {
+//! let limiter = Arc::new(RateLimiter::in_memory());
+//! let layer = RateLimitLayer::new(limiter, Policy::parse("api", "2/m")?)
+//!     .key(HeaderValue::new(http::HeaderName::from_static("x-api-key")));
+//! let mut service = layer.layer(service_fn(|_request: Request<()>| async {
+//!     Ok::<_, Infallible>(Response::new(Bytes::from_static(b"hello")))
+//! }));
+//! let request = || Request::builder().header("x-api-key", "demo").body(()).unwrap();
+//! assert_eq!(service.call(request()).await.unwrap().status(), 200);
+//! assert_eq!(service.call(request()).await.unwrap().status(), 200);
+//! let denied = service.call(request()).await.unwrap();
+//! assert_eq!(denied.status(), 429);
+//! assert_eq!(denied.headers()["retry-after"], "30");
+//! # Ok(()) }
+//! ```
+
+mod headers;
+mod key;
+mod layer;
+
+pub use headers::HeaderMode;
+pub use key::{Composite, HeaderValue, KeyExtractor, PeerAddr, PeerIp, RequestInfo, Route};
+pub use layer::{MissingKey, OnStoreError, RateLimit, RateLimitLayer, ResponseFuture};
