@@ -53,7 +53,12 @@ enum Policies {
         routes: HashMap<String, Policy>,
         default: Option<Policy>,
     },
+    /// Chosen per request (an API key's plan, say); `None`: not limited.
+    Resolver(Resolver),
 }
+
+/// Chooses a request's policy.
+type Resolver = Box<dyn Fn(&RequestInfo<'_>) -> Option<Policy> + Send + Sync>;
 
 /// Requests that are never limited.
 type Exemption = Box<dyn Fn(&RequestInfo<'_>) -> bool + Send + Sync>;
@@ -128,6 +133,15 @@ impl<S: Store> RateLimitLayer<S> {
                 default,
             },
         )
+    }
+
+    /// The policy chosen per request by `resolve` (for example the plan of the customer an
+    /// API key belongs to: SaaS tiering); requests it returns `None` for are not limited.
+    pub fn resolve(
+        limiter: Arc<RateLimiter<S>>,
+        resolve: impl Fn(&RequestInfo<'_>) -> Option<Policy> + Send + Sync + 'static,
+    ) -> Self {
+        Self::with(limiter, Policies::Resolver(Box::new(resolve)))
     }
 
     fn with(limiter: Arc<RateLimiter<S>>, policies: Policies) -> Self {
@@ -317,6 +331,7 @@ where
                 Policies::PerRoute { routes, default } => {
                     routes.get(info.uri.path()).or(default.as_ref()).cloned()
                 }
+                Policies::Resolver(resolve) => resolve(&info),
             };
             (policy, shared.key.extract(&info))
         };
