@@ -50,7 +50,8 @@ where
 }
 
 /// The address of the connection's peer, for servers to put in request extensions (a
-/// `std::net::SocketAddr` extension is read too).
+/// `std::net::SocketAddr` extension is read too, and with the `axum` feature axum's
+/// `ConnectInfo<SocketAddr>`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PeerAddr(pub SocketAddr);
 
@@ -101,12 +102,7 @@ impl PeerIp {
 
     /// The client address of `request`, before grouping.
     pub fn client_ip(&self, request: &RequestInfo<'_>) -> Option<IpAddr> {
-        let peer = request
-            .extensions
-            .get::<PeerAddr>()
-            .map(|p| p.0)
-            .or_else(|| request.extensions.get::<SocketAddr>().copied())
-            .map(|addr| canonical(addr.ip()))?;
+        let peer = peer_addr(request.extensions).map(|addr| canonical(addr.ip()))?;
         if !self.trusts(peer) {
             return Some(peer);
         }
@@ -135,6 +131,22 @@ impl KeyExtractor for PeerIp {
             }
         })
     }
+}
+
+/// The connection's peer: a [`PeerAddr`] or `SocketAddr` extension, or (feature `axum`)
+/// axum's `ConnectInfo<SocketAddr>`.
+fn peer_addr(extensions: &Extensions) -> Option<SocketAddr> {
+    let found = extensions
+        .get::<PeerAddr>()
+        .map(|p| p.0)
+        .or_else(|| extensions.get::<SocketAddr>().copied());
+    #[cfg(feature = "axum")]
+    let found = found.or_else(|| {
+        extensions
+            .get::<axum::extract::ConnectInfo<SocketAddr>>()
+            .map(|c| c.0)
+    });
+    found
 }
 
 fn canonical(ip: IpAddr) -> IpAddr {

@@ -345,3 +345,24 @@ async fn clones_of_the_service_share_one_limiter() {
     }
     assert_eq!(statuses, [200, 200, 200, 429, 429]);
 }
+
+#[cfg(feature = "axum")]
+#[tokio::test]
+async fn axum_connect_info_is_the_peer_address() {
+    let (limiter, _) = fresh();
+    let mut svc = service(RateLimitLayer::new(
+        limiter,
+        Policy::parse("p", "1/h").unwrap(),
+    ));
+    let request = |ip: &str| {
+        let mut request = Request::builder().uri("/").body(()).unwrap();
+        let addr: SocketAddr = format!("{ip}:80").parse().unwrap();
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(addr));
+        request
+    };
+    assert_eq!(send(&mut svc, request("192.0.2.10")).await.status(), 200);
+    assert_eq!(send(&mut svc, request("192.0.2.10")).await.status(), 429);
+    assert_eq!(send(&mut svc, request("192.0.2.11")).await.status(), 200);
+}
