@@ -322,6 +322,11 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let shared = Arc::clone(&self.shared);
         let info = RequestInfo::of(&request);
+        let grpc = info
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/grpc"));
         let exempt = shared.exempt.as_ref().is_some_and(|exempt| exempt(&info));
         let (policy, key) = if exempt {
             (None, None)
@@ -343,6 +348,9 @@ where
                         headers::insert(response.headers_mut(), shared.headers, &policy, &decision);
                     }
                     Ok(response)
+                }
+                Verdict::Reject(policy, decision) if grpc => {
+                    Ok(resource_exhausted(shared.headers, &policy, &decision))
                 }
                 Verdict::Reject(policy, decision) => {
                     Ok(too_many_requests(shared.headers, &policy, &decision))
@@ -380,6 +388,38 @@ fn too_many_requests<B: From<Bytes>>(
     // Whole seconds, rounded up: never earlier than capacity really appears.
     let retry = headers::ceil_secs(decision.retry_after()).max(1);
     headers.insert(http::header::RETRY_AFTER, HeaderValue::from(retry));
+    headers::insert(headers, mode, policy, decision);
+    response
+}
+
+/// A gRPC call's denial: HTTP 200 with `grpc-status: 8` (RESOURCE_EXHAUSTED) in a
+/// trailers-only response, and the wait as `grpc-retry-pushback-ms` (gRPC's retry pushback)
+/// and `retry-after`.
+fn resource_exhausted<B: From<Bytes>>(
+    mode: HeaderMode,
+    policy: &Policy,
+    decision: &Decision,
+) -> Response<B> {
+    let mut response = Response::new(B::from(Bytes::new()));
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert("grpc-status", HeaderValue::from_static("8"));
+    headers.insert(
+        "grpc-message",
+        HeaderValue::from_static("rate%20limit%20exceeded"),
+    );
+    let millis = decision.retry_after().as_nanos().div_ceil(1_000_000);
+    headers.insert(
+        "grpc-retry-pushback-ms",
+        HeaderValue::from(u64::try_from(millis).unwrap_or(u64::MAX)),
+    );
+    headers.insert(
+        http::header::RETRY_AFTER,
+        HeaderValue::from(headers::ceil_secs(decision.retry_after()).max(1)),
+    );
     headers::insert(headers, mode, policy, decision);
     response
 }

@@ -366,3 +366,29 @@ async fn axum_connect_info_is_the_peer_address() {
     assert_eq!(send(&mut svc, request("192.0.2.10")).await.status(), 429);
     assert_eq!(send(&mut svc, request("192.0.2.11")).await.status(), 200);
 }
+
+#[tokio::test]
+async fn a_grpc_call_is_denied_with_resource_exhausted_and_pushback() {
+    let (limiter, _) = fresh();
+    let mut svc = service(RateLimitLayer::new(
+        limiter,
+        Policy::parse("rpc", "1/m").unwrap(),
+    ));
+    let call = || {
+        let mut request = from("192.0.2.1");
+        request
+            .headers_mut()
+            .insert("content-type", "application/grpc".parse().unwrap());
+        request
+    };
+    assert_eq!(send(&mut svc, call()).await.status(), 200);
+    let denied = send(&mut svc, call()).await;
+    assert_eq!(
+        denied.status(),
+        StatusCode::OK,
+        "gRPC errors travel in grpc-status"
+    );
+    assert_eq!(denied.headers()["grpc-status"], "8");
+    assert_eq!(denied.headers()["grpc-retry-pushback-ms"], "60000");
+    assert_eq!(denied.headers()["content-type"], "application/grpc");
+}
