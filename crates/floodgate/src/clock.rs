@@ -101,6 +101,43 @@ impl Future for RealSleep {
     }
 }
 
+/// tokio's clock (feature `tokio`): decisions and waits follow `tokio::time`, so tests using
+/// tokio's paused time (`#[tokio::test(start_paused = true)]`) control floodgate too.
+/// Construct it inside a tokio runtime.
+#[cfg(feature = "tokio")]
+#[derive(Clone, Debug)]
+pub struct TokioClock {
+    epoch: tokio::time::Instant,
+}
+
+#[cfg(feature = "tokio")]
+impl TokioClock {
+    /// A clock whose epoch is tokio's now.
+    pub fn new() -> Self {
+        TokioClock {
+            epoch: tokio::time::Instant::now(),
+        }
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl Default for TokioClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(feature = "tokio")]
+impl Clock for TokioClock {
+    fn now_nanos(&self) -> u64 {
+        duration_nanos(tokio::time::Instant::now().saturating_duration_since(self.epoch))
+    }
+
+    fn sleep(&self, duration: Duration) -> impl Future<Output = ()> + Send + 'static {
+        tokio::time::sleep(duration)
+    }
+}
+
 /// A clock that moves only when told to: for tests, of floodgate and of your own code.
 ///
 /// It starts at zero. [`advance`](ManualClock::advance) and [`set`](ManualClock::set) move

@@ -53,6 +53,8 @@ mod notation;
 mod store;
 mod sync;
 
+#[cfg(feature = "tokio")]
+pub use clock::TokioClock;
 pub use clock::{Clock, ManualClock, MonotonicClock};
 pub use decision::{Decision, DecisionSource};
 pub use error::{BoxError, Error};

@@ -81,3 +81,16 @@ fn the_facade_and_its_futures_are_send_and_sync() {
     send(&limiter.until_ready(&policy, "k", 1));
     send(&limiter.until_ready_timeout(&policy, "k", 1, Duration::from_secs(1)));
 }
+
+#[tokio::test(start_paused = true)]
+async fn tokio_clock_follows_paused_time() {
+    use floodgate::TokioClock;
+    let limiter = RateLimiter::in_memory_with_clock(TokioClock::new());
+    let policy = Policy::parse("jobs", "1/h").unwrap();
+    let start = tokio::time::Instant::now();
+    for _ in 0..3 {
+        limiter.until_ready(&policy, "worker", 1).await.unwrap();
+    }
+    // Two hours of waiting, in no real time.
+    assert_eq!(start.elapsed(), Duration::from_secs(7_200));
+}
