@@ -54,3 +54,35 @@ async fn each_plan_gets_its_burst_and_strangers_get_401() {
         StatusCode::UNAUTHORIZED
     );
 }
+
+/// One request over a fresh TCP connection; the status code.
+async fn get_over_tcp(addr: std::net::SocketAddr, key: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "GET /hello HTTP/1.1\r\nHost: test\r\nx-api-key: {key}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn over_real_tcp_the_free_key_hits_429_and_the_enterprise_key_does_not() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = example::app(Arc::new(RateLimiter::in_memory())).unwrap();
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let mut free = Vec::new();
+    let mut enterprise = Vec::new();
+    for _ in 0..20 {
+        free.push(get_over_tcp(addr, "demo-free").await);
+        enterprise.push(get_over_tcp(addr, "demo-enterprise").await);
+    }
+    // Burst 10 at 5/s: of 20 requests sent within a second or two, some are refused.
+    assert!(free[..10].iter().all(|&s| s == 200), "{free:?}");
+    assert!(free.contains(&429), "{free:?}");
+    assert!(enterprise.iter().all(|&s| s == 200), "{enterprise:?}");
+    server.abort();
+}
