@@ -6,8 +6,10 @@
 //! `--keys K` for one key count only, `--quick` for a short smoke run).
 //!
 //! `cargo run --release -p floodgate-bench -- redis` measures the Redis store instead,
-//! against `redis-benchmark` on a `redis-server` it starts itself.
+//! against `redis-benchmark` on a `redis-server` it starts itself; `-- middleware` measures
+//! the tower layer's overhead on an axum route with `wrk`.
 
+mod middleware;
 mod redis;
 
 use std::collections::HashMap;
@@ -281,6 +283,13 @@ fn main() {
             .and_then(|v| v.parse().ok())
     };
     let quick = args.iter().any(|a| a == "--quick");
+    if args.get(1).is_some_and(|a| a == "middleware") {
+        middleware::run(
+            flag("--runs").map_or(3, |r| r.max(1) as usize),
+            flag("--seconds").unwrap_or(3),
+        );
+        return;
+    }
     if args.get(1).is_some_and(|a| a == "redis") {
         let runs = flag("--runs").map_or(3, |r| r.max(1) as usize);
         let millis = flag("--millis").unwrap_or(if quick { 300 } else { 2_000 });
