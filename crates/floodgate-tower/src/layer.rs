@@ -55,7 +55,16 @@ enum Policies {
     },
     /// Chosen per request (an API key's plan, say); `None`: not limited.
     Resolver(Resolver),
+    /// Chosen per request from its key, asynchronously (a database lookup, say).
+    ByKey(KeyResolver),
 }
+
+/// Chooses a policy from a request's key, asynchronously.
+type KeyResolver =
+    Arc<dyn Fn(String) -> Pin<Box<dyn Future<Output = Option<Policy>> + Send>> + Send + Sync>;
+
+/// The extra cost of a request, known from its response (bytes sent, say).
+type AfterCost = Box<dyn Fn(StatusCode, &http::HeaderMap) -> u32 + Send + Sync>;
 
 /// Chooses a request's policy.
 type Resolver = Box<dyn Fn(&RequestInfo<'_>) -> Option<Policy> + Send + Sync>;
@@ -73,6 +82,7 @@ struct Shared<S: Store> {
     shadow: bool,
     cost: u32,
     exempt: Option<Exemption>,
+    after: Option<AfterCost>,
 }
 
 /// A tower [`Layer`] that rate-limits requests: each request is checked against a policy
@@ -144,6 +154,21 @@ impl<S: Store> RateLimitLayer<S> {
         Self::with(limiter, Policies::Resolver(Box::new(resolve)))
     }
 
+    /// The policy chosen from the request's key by an async lookup (API key → customer →
+    /// plan in a database): `resolve` gets the extracted key; `None` means not limited.
+    /// Requests without a key follow [`on_missing_key`](Self::on_missing_key) and are
+    /// not limited when no policy can be chosen.
+    pub fn resolve_by_key<F, Fut>(limiter: Arc<RateLimiter<S>>, resolve: F) -> Self
+    where
+        F: Fn(String) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Option<Policy>> + Send + 'static,
+    {
+        Self::with(
+            limiter,
+            Policies::ByKey(Arc::new(move |key| Box::pin(resolve(key)))),
+        )
+    }
+
     fn with(limiter: Arc<RateLimiter<S>>, policies: Policies) -> Self {
         RateLimitLayer {
             shared: Arc::new(Shared {
@@ -156,6 +181,7 @@ impl<S: Store> RateLimitLayer<S> {
                 shadow: false,
                 cost: 1,
                 exempt: None,
+                after: None,
             }),
         }
     }
@@ -204,6 +230,17 @@ impl<S: Store> RateLimitLayer<S> {
     #[must_use]
     pub fn cost(self, cost: u32) -> Self {
         self.map(|s| s.cost = cost.max(1))
+    }
+
+    /// Charges more after the response, when the real cost is known: `cost` reads the
+    /// status and headers (a `Content-Length`, say) and returns extra tokens to take, without
+    /// checking (the debt delays later requests). 0 charges nothing.
+    #[must_use]
+    pub fn charge_after(
+        self,
+        cost: impl Fn(StatusCode, &http::HeaderMap) -> u32 + Send + Sync + 'static,
+    ) -> Self {
+        self.map(|s| s.after = Some(Box::new(cost)))
     }
 
     /// Requests for which `exempt` is true are never limited (an allow-list).
@@ -265,9 +302,15 @@ impl<ResBody, E> fmt::Debug for ResponseFuture<ResBody, E> {
     }
 }
 
+/// A request's policy: known now, or to be looked up from its key.
+enum Chosen {
+    Now(Option<Policy>),
+    ByKey(KeyResolver),
+}
+
 /// The outcome of checking one request.
 enum Verdict {
-    Pass(Option<(Policy, Decision)>),
+    Pass(Option<(Policy, String, Decision)>),
     Reject(Policy, Decision),
     Unauthorized,
     Unavailable,
@@ -287,7 +330,7 @@ impl<S: Store> Shared<S> {
         let cost = self.cost.min(policy.max_cost()).max(1);
         match self.limiter.check_n(&policy, &key, cost).await {
             Ok(decision) if decision.is_allowed() || self.shadow => {
-                Verdict::Pass(Some((policy, decision)))
+                Verdict::Pass(Some((policy, key, decision)))
             }
             Ok(decision) => Verdict::Reject(policy, decision),
             Err(Error::Store(_)) if self.on_store_error == OnStoreError::Allow => {
@@ -329,23 +372,38 @@ where
             .is_some_and(|v| v.starts_with("application/grpc"));
         let exempt = shared.exempt.as_ref().is_some_and(|exempt| exempt(&info));
         let (policy, key) = if exempt {
-            (None, None)
+            (Chosen::Now(None), None)
         } else {
             let policy = match &shared.policies {
-                Policies::Fixed(policy) => Some(policy.clone()),
+                Policies::Fixed(policy) => Chosen::Now(Some(policy.clone())),
                 Policies::PerRoute { routes, default } => {
-                    routes.get(info.uri.path()).or(default.as_ref()).cloned()
+                    Chosen::Now(routes.get(info.uri.path()).or(default.as_ref()).cloned())
                 }
-                Policies::Resolver(resolve) => resolve(&info),
+                Policies::Resolver(resolve) => Chosen::Now(resolve(&info)),
+                Policies::ByKey(resolve) => Chosen::ByKey(Arc::clone(resolve)),
             };
             (policy, shared.key.extract(&info))
         };
         let future = async move {
+            let policy = match policy {
+                Chosen::Now(policy) => policy,
+                Chosen::ByKey(resolve) => match &key {
+                    Some(key) => resolve(key.clone()).await,
+                    None => None,
+                },
+            };
             match shared.check(policy, key).await {
                 Verdict::Pass(checked) => {
                     let mut response = inner.call(request).await?;
-                    if let Some((policy, decision)) = checked {
+                    if let Some((policy, key, decision)) = checked {
                         headers::insert(response.headers_mut(), shared.headers, &policy, &decision);
+                        if let Some(after) = &shared.after {
+                            let extra = after(response.status(), response.headers());
+                            if extra > 0 {
+                                // Outcome ignored: the response is already decided.
+                                let _ = shared.limiter.charge(&policy, &key, extra).await;
+                            }
+                        }
                     }
                     Ok(response)
                 }

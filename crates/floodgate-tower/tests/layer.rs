@@ -392,3 +392,76 @@ async fn a_grpc_call_is_denied_with_resource_exhausted_and_pushback() {
     assert_eq!(denied.headers()["grpc-retry-pushback-ms"], "60000");
     assert_eq!(denied.headers()["content-type"], "application/grpc");
 }
+
+#[tokio::test]
+async fn an_async_lookup_chooses_the_policy_from_the_key() {
+    let (limiter, _) = fresh();
+    let free = Policy::parse("free", "1/h").unwrap();
+    let pro = Policy::parse("pro", "3/h").unwrap();
+    let layer = RateLimitLayer::resolve_by_key(limiter, move |key: String| {
+        let (free, pro) = (free.clone(), pro.clone());
+        async move {
+            // A database lookup would go here.
+            tokio::task::yield_now().await;
+            match key.as_str() {
+                "free-customer" => Some(free),
+                "pro-customer" => Some(pro),
+                _ => None,
+            }
+        }
+    })
+    .key(HeaderValue::new(HeaderName::from_static("x-api-key")));
+    let mut svc = service(layer);
+    let with_key = |key: &str| {
+        Request::builder()
+            .uri("/")
+            .header("x-api-key", key)
+            .body(())
+            .unwrap()
+    };
+    let mut statuses = Vec::new();
+    for key in [
+        "free-customer",
+        "free-customer",
+        "pro-customer",
+        "pro-customer",
+        "pro-customer",
+        "pro-customer",
+        "nobody",
+        "nobody",
+    ] {
+        statuses.push(send(&mut svc, with_key(key)).await.status().as_u16());
+    }
+    assert_eq!(statuses, [200, 429, 200, 200, 200, 429, 200, 200]);
+}
+
+#[tokio::test]
+async fn a_cost_known_after_the_response_is_charged_then() {
+    let (limiter, clock) = fresh();
+    let policy = Policy::parse("bytes", "10/s burst 10").unwrap();
+    let inner = service_fn(|_request: Request<()>| async {
+        let mut response = Response::new(Bytes::from_static(b"payload"));
+        response
+            .headers_mut()
+            .insert("x-units", "6".parse().unwrap());
+        Ok::<_, Infallible>(response)
+    });
+    let layer = RateLimitLayer::new(limiter, policy).charge_after(|_, headers| {
+        headers
+            .get("x-units")
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .unwrap_or(0)
+    });
+    let mut svc: Svc = tower::util::BoxCloneService::new(layer.layer(inner));
+    // 1 (check) + 6 (after) = 7 of 10; then 1 + 6 more puts the bucket in debt.
+    assert_eq!(send(&mut svc, from("192.0.2.1")).await.status(), 200);
+    assert_eq!(send(&mut svc, from("192.0.2.1")).await.status(), 200);
+    let denied = send(&mut svc, from("192.0.2.1")).await;
+    assert_eq!(denied.status(), 429);
+    // 14 tokens used of 10: 4 in debt, plus the one this request needs: 500 ms.
+    assert_eq!(denied.headers()["ratelimit"], "\"bytes\";r=0;t=1");
+    clock.advance(Duration::from_millis(499));
+    assert_eq!(send(&mut svc, from("192.0.2.1")).await.status(), 429);
+    clock.advance(Duration::from_millis(1));
+    assert_eq!(send(&mut svc, from("192.0.2.1")).await.status(), 200);
+}
