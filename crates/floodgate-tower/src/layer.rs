@@ -328,15 +328,33 @@ impl<S: Store> Shared<S> {
             (None, MissingKey::Reject) => return Verdict::Unauthorized,
         };
         let cost = self.cost.min(policy.max_cost()).max(1);
+        // Metrics are labelled by policy and outcome, never by key: keys are user data and
+        // unbounded.
+        let count = |outcome: &'static str| {
+            metrics::counter!("floodgate_requests_total", "policy" => policy.name().to_owned(), "outcome" => outcome)
+                .increment(1);
+        };
         match self.limiter.check_n(&policy, &key, cost).await {
-            Ok(decision) if decision.is_allowed() || self.shadow => {
+            Ok(decision) if decision.is_allowed() => {
+                count("allowed");
                 Verdict::Pass(Some((policy, key, decision)))
             }
-            Ok(decision) => Verdict::Reject(policy, decision),
+            Ok(decision) if self.shadow => {
+                count("shadow_denied");
+                Verdict::Pass(Some((policy, key, decision)))
+            }
+            Ok(decision) => {
+                count("denied");
+                Verdict::Reject(policy, decision)
+            }
             Err(Error::Store(_)) if self.on_store_error == OnStoreError::Allow => {
+                count("store_error_allowed");
                 Verdict::Pass(None)
             }
-            Err(_) => Verdict::Unavailable,
+            Err(_) => {
+                count("store_error_denied");
+                Verdict::Unavailable
+            }
         }
     }
 }

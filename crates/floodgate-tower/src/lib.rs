@@ -33,6 +33,11 @@
 //! # Ok(()) }
 //! ```
 
+//! Every checked request increments the `metrics` counter `floodgate_requests_total`,
+//! labelled `policy` and `outcome` (`allowed`, `denied`, `shadow_denied`,
+//! `store_error_allowed`, `store_error_denied`); keys never appear in metrics. Install any
+//! `metrics` recorder (a Prometheus exporter, say) to collect them.
+
 mod headers;
 mod key;
 mod layer;

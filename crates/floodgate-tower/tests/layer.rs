@@ -465,3 +465,52 @@ async fn a_cost_known_after_the_response_is_charged_then() {
     clock.advance(Duration::from_millis(1));
     assert_eq!(send(&mut svc, from("192.0.2.1")).await.status(), 200);
 }
+
+#[test]
+fn outcomes_are_counted_by_policy_never_by_key() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    metrics::with_local_recorder(&recorder, || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let (limiter, _) = fresh();
+            let mut svc = service(RateLimitLayer::new(
+                limiter,
+                Policy::parse("api", "2/h").unwrap(),
+            ));
+            for _ in 0..3 {
+                send(&mut svc, from("192.0.2.1")).await;
+            }
+            let mut broken = service(RateLimitLayer::new(
+                Arc::new(RateLimiter::new(Broken)),
+                Policy::parse("api", "2/h").unwrap(),
+            ));
+            send(&mut broken, from("192.0.2.1")).await;
+        });
+    });
+    let mut counts = std::collections::BTreeMap::new();
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        let (_, key) = key.into_parts();
+        let labels: Vec<String> = key
+            .labels()
+            .map(|l| format!("{}={}", l.key(), l.value()))
+            .collect();
+        assert!(
+            !labels.iter().any(|l| l.contains("192.0.2.1")),
+            "a key leaked into a label: {labels:?}"
+        );
+        if let DebugValue::Counter(n) = value {
+            counts.insert(labels.join(","), n);
+        }
+    }
+    assert_eq!(counts.get("policy=api,outcome=allowed"), Some(&2));
+    assert_eq!(counts.get("policy=api,outcome=denied"), Some(&1));
+    assert_eq!(
+        counts.get("policy=api,outcome=store_error_allowed"),
+        Some(&1)
+    );
+}
