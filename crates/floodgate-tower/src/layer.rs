@@ -80,6 +80,8 @@ struct Shared<S: Store> {
     on_store_error: OnStoreError,
     headers: HeaderMode,
     shadow: bool,
+    /// Policies in shadow mode even when the layer is not.
+    shadow_policies: std::collections::HashSet<String>,
     cost: u32,
     exempt: Option<Exemption>,
     after: Option<AfterCost>,
@@ -179,6 +181,7 @@ impl<S: Store> RateLimitLayer<S> {
                 on_store_error: OnStoreError::default(),
                 headers: HeaderMode::default(),
                 shadow: false,
+                shadow_policies: std::collections::HashSet::new(),
                 cost: 1,
                 exempt: None,
                 after: None,
@@ -224,6 +227,13 @@ impl<S: Store> RateLimitLayer<S> {
     #[must_use]
     pub fn shadow(self, shadow: bool) -> Self {
         self.map(|s| s.shadow = shadow)
+    }
+
+    /// Shadow mode for the policies named here only (a new plan being tried out), whatever
+    /// [`shadow`](Self::shadow) says for the rest.
+    #[must_use]
+    pub fn shadow_policies(self, names: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.map(|s| s.shadow_policies.extend(names.into_iter().map(Into::into)))
     }
 
     /// Tokens each request costs (default 1; 0 is raised to 1).
@@ -339,7 +349,7 @@ impl<S: Store> Shared<S> {
                 count("allowed");
                 Verdict::Pass(Some((policy, key, decision)))
             }
-            Ok(decision) if self.shadow => {
+            Ok(decision) if self.shadow || self.shadow_policies.contains(policy.name()) => {
                 count("shadow_denied");
                 Verdict::Pass(Some((policy, key, decision)))
             }

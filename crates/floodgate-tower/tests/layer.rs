@@ -514,3 +514,33 @@ fn outcomes_are_counted_by_policy_never_by_key() {
         Some(&1)
     );
 }
+
+#[tokio::test]
+async fn shadow_mode_can_be_set_per_policy() {
+    let (limiter, _) = fresh();
+    let layer = RateLimitLayer::per_route(
+        limiter,
+        [
+            ("/new".to_owned(), Policy::parse("trial", "1/h").unwrap()),
+            ("/old".to_owned(), Policy::parse("current", "1/h").unwrap()),
+        ],
+        None,
+    )
+    .shadow_policies(["trial"]);
+    let mut svc = service(layer);
+    let to = |path: &str| {
+        let mut request = Request::builder().uri(path).body(()).unwrap();
+        request
+            .extensions_mut()
+            .insert(PeerAddr("192.0.2.1:1".parse().unwrap()));
+        request
+    };
+    let statuses: Vec<u16> = {
+        let mut v = Vec::new();
+        for path in ["/new", "/new", "/old", "/old"] {
+            v.push(send(&mut svc, to(path)).await.status().as_u16());
+        }
+        v
+    };
+    assert_eq!(statuses, [200, 200, 200, 429]);
+}
