@@ -12,6 +12,7 @@ use floodgate::{Decision, Error, MemoryStore, Policy, RateLimiter, Store};
 use http::{HeaderValue, Request, Response, StatusCode};
 use tower::{Layer, Service};
 
+use crate::body::LimitBody;
 use crate::headers::{self, HeaderMode};
 use crate::key::{KeyExtractor, PeerIp, RequestInfo};
 
@@ -294,13 +295,17 @@ impl<Inner: fmt::Debug, S: Store> fmt::Debug for RateLimit<Inner, S> {
     }
 }
 
+/// The boxed future inside [`ResponseFuture`].
+type BoxedResponse<ResBody, E> =
+    Pin<Box<dyn Future<Output = Result<Response<LimitBody<ResBody>>, E>> + Send>>;
+
 /// The future of [`RateLimit`]'s response.
 pub struct ResponseFuture<ResBody, E> {
-    future: Pin<Box<dyn Future<Output = Result<Response<ResBody>, E>> + Send>>,
+    future: BoxedResponse<ResBody, E>,
 }
 
 impl<ResBody, E> Future for ResponseFuture<ResBody, E> {
-    type Output = Result<Response<ResBody>, E>;
+    type Output = Result<Response<LimitBody<ResBody>>, E>;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         self.future.as_mut().poll(cx)
     }
@@ -376,9 +381,9 @@ where
     Inner::Error: 'static,
     S: Store,
     ReqBody: Send + 'static,
-    ResBody: From<Bytes> + Send + 'static,
+    ResBody: Send + 'static,
 {
-    type Response = Response<ResBody>;
+    type Response = Response<LimitBody<ResBody>>;
     type Error = Inner::Error;
     type Future = ResponseFuture<ResBody, Inner::Error>;
 
@@ -422,7 +427,7 @@ where
             };
             match shared.check(policy, key).await {
                 Verdict::Pass(checked) => {
-                    let mut response = inner.call(request).await?;
+                    let mut response = inner.call(request).await?.map(LimitBody::inner);
                     if let Some((policy, key, decision)) = checked {
                         headers::insert(response.headers_mut(), shared.headers, &policy, &decision);
                         if let Some(after) = &shared.after {
@@ -458,13 +463,13 @@ where
     }
 }
 
-fn too_many_requests<B: From<Bytes>>(
+fn too_many_requests<B>(
     mode: HeaderMode,
     policy: &Policy,
     decision: &Decision,
-) -> Response<B> {
+) -> Response<LimitBody<B>> {
     let body = Bytes::from(headers::problem(policy, decision));
-    let mut response = Response::new(B::from(body));
+    let mut response = Response::new(LimitBody::own(body));
     *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
     let headers = response.headers_mut();
     headers.insert(
@@ -481,12 +486,12 @@ fn too_many_requests<B: From<Bytes>>(
 /// A gRPC call's denial: HTTP 200 with `grpc-status: 8` (RESOURCE_EXHAUSTED) in a
 /// trailers-only response, and the wait as `grpc-retry-pushback-ms` (gRPC's retry pushback)
 /// and `retry-after`.
-fn resource_exhausted<B: From<Bytes>>(
+fn resource_exhausted<B>(
     mode: HeaderMode,
     policy: &Policy,
     decision: &Decision,
-) -> Response<B> {
-    let mut response = Response::new(B::from(Bytes::new()));
+) -> Response<LimitBody<B>> {
+    let mut response = Response::new(LimitBody::own(Bytes::new()));
     let headers = response.headers_mut();
     headers.insert(
         http::header::CONTENT_TYPE,
@@ -510,8 +515,8 @@ fn resource_exhausted<B: From<Bytes>>(
     response
 }
 
-fn plain<B: From<Bytes>>(status: StatusCode, text: &'static str) -> Response<B> {
-    let mut response = Response::new(B::from(Bytes::from_static(text.as_bytes())));
+fn plain<B>(status: StatusCode, text: &'static str) -> Response<LimitBody<B>> {
+    let mut response = Response::new(LimitBody::own(Bytes::from_static(text.as_bytes())));
     *response.status_mut() = status;
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,

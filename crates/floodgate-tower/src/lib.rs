@@ -5,12 +5,14 @@
 //! request — by default the client IP, believing forwarding headers only from proxies you
 //! list. Denied requests get `429 Too Many Requests` with `Retry-After` (whole seconds,
 //! rounded up), the IETF `RateLimit-Policy` / `RateLimit` fields and an
-//! `application/problem+json` body; allowed responses carry the fields too.
+//! `application/problem+json` body; allowed responses carry the fields too. gRPC calls are
+//! denied with `grpc-status: 8` (RESOURCE_EXHAUSTED). Responses carry a [`LimitBody`]: the
+//! inner service's body, or floodgate's own rejection — any inner body whose data is
+//! `Bytes` works (axum's, hyper's, tonic's).
 //!
 //! ```
 //! use std::convert::Infallible;
 //! use std::sync::Arc;
-//! use bytes::Bytes;
 //! use floodgate::{Policy, RateLimiter};
 //! use floodgate_tower::{HeaderValue, RateLimitLayer};
 //! use http::{Request, Response};
@@ -22,7 +24,7 @@
 //! let layer = RateLimitLayer::new(limiter, Policy::parse("api", "2/m")?)
 //!     .key(HeaderValue::new(http::HeaderName::from_static("x-api-key")));
 //! let mut service = layer.layer(service_fn(|_request: Request<()>| async {
-//!     Ok::<_, Infallible>(Response::new(Bytes::from_static(b"hello")))
+//!     Ok::<_, Infallible>(Response::new(String::from("hello")))
 //! }));
 //! let request = || Request::builder().header("x-api-key", "demo").body(()).unwrap();
 //! assert_eq!(service.call(request()).await.unwrap().status(), 200);
@@ -38,10 +40,12 @@
 //! `store_error_allowed`, `store_error_denied`); keys never appear in metrics. Install any
 //! `metrics` recorder (a Prometheus exporter, say) to collect them.
 
+mod body;
 mod headers;
 mod key;
 mod layer;
 
+pub use body::LimitBody;
 pub use headers::HeaderMode;
 pub use key::{Composite, HeaderValue, KeyExtractor, PeerAddr, PeerIp, RequestInfo, Route};
 pub use layer::{MissingKey, OnStoreError, RateLimit, RateLimitLayer, ResponseFuture};

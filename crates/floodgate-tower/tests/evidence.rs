@@ -8,15 +8,18 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use floodgate::{ManualClock, Policy, RateLimiter};
+use floodgate_tower::LimitBody;
 use floodgate_tower::{PeerAddr, PeerIp, RateLimitLayer};
 use http::{Request, Response};
+use http_body_util::Full;
 use tower::{Layer, Service, ServiceExt, service_fn};
 
-type Svc = tower::util::BoxCloneService<Request<()>, Response<Bytes>, Infallible>;
+type Svc = tower::util::BoxCloneService<Request<()>, Response<LimitBody<Full<Bytes>>>, Infallible>;
 
 fn service(layer: RateLimitLayer<floodgate::MemoryStore<ManualClock>>) -> Svc {
-    let inner =
-        service_fn(|_r: Request<()>| async { Ok::<_, Infallible>(Response::new(Bytes::new())) });
+    let inner = service_fn(|_r: Request<()>| async {
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+    });
     tower::util::BoxCloneService::new(layer.layer(inner))
 }
 

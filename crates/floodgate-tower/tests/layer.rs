@@ -7,17 +7,19 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use floodgate::{Decision, Error, ManualClock, MemoryStore, Policy, RateLimiter, Store};
+use floodgate_tower::LimitBody;
 use floodgate_tower::{
     HeaderMode, HeaderValue, MissingKey, OnStoreError, PeerAddr, PeerIp, RateLimitLayer,
 };
 use http::{HeaderName, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
 use tower::{Layer, Service, ServiceExt, service_fn};
 
-type Svc = tower::util::BoxCloneService<Request<()>, Response<Bytes>, Infallible>;
+type Svc = tower::util::BoxCloneService<Request<()>, Response<LimitBody<Full<Bytes>>>, Infallible>;
 
 fn service<S: Store>(layer: RateLimitLayer<S>) -> Svc {
     let inner = service_fn(|_request: Request<()>| async {
-        Ok::<_, Infallible>(Response::new(Bytes::from_static(b"ok")))
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
     });
     tower::util::BoxCloneService::new(layer.layer(inner))
 }
@@ -38,7 +40,7 @@ fn from(ip: &str) -> Request<()> {
     request
 }
 
-async fn send(service: &mut Svc, request: Request<()>) -> Response<Bytes> {
+async fn send(service: &mut Svc, request: Request<()>) -> Response<LimitBody<Full<Bytes>>> {
     service.ready().await.unwrap().call(request).await.unwrap()
 }
 
@@ -73,7 +75,8 @@ async fn a_denied_request_gets_429_with_honest_headers_and_a_problem_body() {
         "\"free.0\";q=5;w=1;fg-burst=10, \"free.1\";q=1000;w=86400"
     );
     assert_eq!(headers["content-type"], "application/problem+json");
-    let body: serde_json::Value = serde_json::from_slice(denied.body()).unwrap();
+    let body = denied.into_body().collect().await.unwrap().to_bytes();
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(
         body["type"],
         "https://iana.org/assignments/http-problem-types#quota-exceeded"
@@ -423,7 +426,7 @@ async fn a_cost_known_after_the_response_is_charged_then() {
     let (limiter, clock) = fresh();
     let policy = Policy::parse("bytes", "10/s burst 10").unwrap();
     let inner = service_fn(|_request: Request<()>| async {
-        let mut response = Response::new(Bytes::from_static(b"payload"));
+        let mut response = Response::new(Full::new(Bytes::from_static(b"payload")));
         response
             .headers_mut()
             .insert("x-units", "6".parse().unwrap());
