@@ -8,7 +8,9 @@
 --               debt capped at one burst below empty)
 -- ARGV[2]       cost: an integer from 1 to 2^32 - 1
 -- ARGV[3]       now in microseconds, or -1 to read the server's TIME (the normal case; an
---               explicit time is for tests that drive a manual clock)
+--               explicit time is for tests that drive a manual clock: then TTLs, which run
+--               on Redis's own clock, are at least an hour, so a bucket cannot expire while
+--               the test's clock stands still)
 -- ARGV[2+2i]    emission interval T of limit i, integer microseconds >= 1
 -- ARGV[3+2i]    burst B of limit i, integer >= 1, with B * T <= 2^51
 --
@@ -41,6 +43,14 @@ if not (op == 1 or op == 2 or op == 3)
   return redis.error_reply('floodgate: bad operation, cost or time argument')
 end
 if op == 2 then cost = 1 end
+-- The shortest TTL written, in milliseconds (see ARGV[3]).
+local min_ttl = 1
+if now >= 0 then min_ttl = 3600000 end
+local function ttl(ahead)
+  local ms = math.ceil(ahead / 1000)
+  if ms < min_ttl then return min_ttl end
+  return ms
+end
 
 if n == 1 then
   local t, b = tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -67,7 +77,7 @@ if n == 1 then
   if op == 3 then
     local fits = new - now <= tolerance
     if new > now + 2 * tolerance then new = now + 2 * tolerance end
-    redis.call('SET', KEYS[1], new, 'PX', math.ceil((new - now) / 1000))
+    redis.call('SET', KEYS[1], new, 'PX', ttl(new - now))
     if fits then return new - now end
     return { 0, 0, new + t - now - tolerance, new - now }
   end
@@ -78,7 +88,7 @@ if n == 1 then
     if wait > 0 then return { 0, 0, wait, ahead } end
     return ahead
   end
-  redis.call('SET', KEYS[1], new, 'PX', math.ceil((new - now) / 1000))
+  redis.call('SET', KEYS[1], new, 'PX', ttl(new - now))
   return new - now
 end
 
@@ -140,7 +150,7 @@ else
 end
 if op ~= 2 and (allowed == 1 or op == 3) then
   for i = 1, n do
-    redis.call('SET', KEYS[i], after[i], 'PX', math.ceil((after[i] - now) / 1000))
+    redis.call('SET', KEYS[i], after[i], 'PX', ttl(after[i] - now))
   end
 end
 local reply = { allowed, worst, wait }
