@@ -47,6 +47,7 @@ pub enum OnStoreError {
 }
 
 /// Which policy a request is checked against.
+#[derive(Clone)]
 enum Policies {
     Fixed(Policy),
     /// By path, exact match, with a default (or none: unlimited).
@@ -65,18 +66,18 @@ type KeyResolver =
     Arc<dyn Fn(String) -> Pin<Box<dyn Future<Output = Option<Policy>> + Send>> + Send + Sync>;
 
 /// The extra cost of a request, known from its response (bytes sent, say).
-type AfterCost = Box<dyn Fn(StatusCode, &http::HeaderMap) -> u32 + Send + Sync>;
+type AfterCost = Arc<dyn Fn(StatusCode, &http::HeaderMap) -> u32 + Send + Sync>;
 
 /// Chooses a request's policy.
-type Resolver = Box<dyn Fn(&RequestInfo<'_>) -> Option<Policy> + Send + Sync>;
+type Resolver = Arc<dyn Fn(&RequestInfo<'_>) -> Option<Policy> + Send + Sync>;
 
 /// Requests that are never limited.
-type Exemption = Box<dyn Fn(&RequestInfo<'_>) -> bool + Send + Sync>;
+type Exemption = Arc<dyn Fn(&RequestInfo<'_>) -> bool + Send + Sync>;
 
 struct Shared<S: Store> {
     limiter: Arc<RateLimiter<S>>,
     policies: Policies,
-    key: Box<dyn KeyExtractor>,
+    key: Arc<dyn KeyExtractor>,
     missing_key: MissingKey,
     on_store_error: OnStoreError,
     headers: HeaderMode,
@@ -86,6 +87,24 @@ struct Shared<S: Store> {
     cost: u32,
     exempt: Option<Exemption>,
     after: Option<AfterCost>,
+}
+
+impl<S: Store> Clone for Shared<S> {
+    fn clone(&self) -> Self {
+        Shared {
+            limiter: Arc::clone(&self.limiter),
+            policies: self.policies.clone(),
+            key: Arc::clone(&self.key),
+            missing_key: self.missing_key.clone(),
+            on_store_error: self.on_store_error,
+            headers: self.headers,
+            shadow: self.shadow,
+            shadow_policies: self.shadow_policies.clone(),
+            cost: self.cost,
+            exempt: self.exempt.clone(),
+            after: self.after.clone(),
+        }
+    }
 }
 
 /// A tower [`Layer`] that rate-limits requests: each request is checked against a policy
@@ -154,7 +173,7 @@ impl<S: Store> RateLimitLayer<S> {
         limiter: Arc<RateLimiter<S>>,
         resolve: impl Fn(&RequestInfo<'_>) -> Option<Policy> + Send + Sync + 'static,
     ) -> Self {
-        Self::with(limiter, Policies::Resolver(Box::new(resolve)))
+        Self::with(limiter, Policies::Resolver(Arc::new(resolve)))
     }
 
     /// The policy chosen from the request's key by an async lookup (API key → customer →
@@ -177,7 +196,7 @@ impl<S: Store> RateLimitLayer<S> {
             shared: Arc::new(Shared {
                 limiter,
                 policies,
-                key: Box::new(PeerIp::new()),
+                key: Arc::new(PeerIp::new()),
                 missing_key: MissingKey::default(),
                 on_store_error: OnStoreError::default(),
                 headers: HeaderMode::default(),
@@ -190,9 +209,10 @@ impl<S: Store> RateLimitLayer<S> {
         }
     }
 
+    /// A configured copy: the settings are cloned if another handle to this layer exists
+    /// (configuring a clone never changes the original).
     fn map(self, change: impl FnOnce(&mut Shared<S>)) -> Self {
-        let mut shared =
-            Arc::try_unwrap(self.shared).unwrap_or_else(|_| unreachable!("configured before use"));
+        let mut shared = Arc::unwrap_or_clone(self.shared);
         change(&mut shared);
         RateLimitLayer {
             shared: Arc::new(shared),
@@ -202,7 +222,7 @@ impl<S: Store> RateLimitLayer<S> {
     /// Where the key comes from (default: the client IP, [`PeerIp::new`]).
     #[must_use]
     pub fn key(self, key: impl KeyExtractor) -> Self {
-        self.map(|s| s.key = Box::new(key))
+        self.map(|s| s.key = Arc::new(key))
     }
 
     /// What to do with requests that have no key (default: one shared bucket).
@@ -251,13 +271,13 @@ impl<S: Store> RateLimitLayer<S> {
         self,
         cost: impl Fn(StatusCode, &http::HeaderMap) -> u32 + Send + Sync + 'static,
     ) -> Self {
-        self.map(|s| s.after = Some(Box::new(cost)))
+        self.map(|s| s.after = Some(Arc::new(cost)))
     }
 
     /// Requests for which `exempt` is true are never limited (an allow-list).
     #[must_use]
     pub fn exempt(self, exempt: impl Fn(&RequestInfo<'_>) -> bool + Send + Sync + 'static) -> Self {
-        self.map(|s| s.exempt = Some(Box::new(exempt)))
+        self.map(|s| s.exempt = Some(Arc::new(exempt)))
     }
 }
 

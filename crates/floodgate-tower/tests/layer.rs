@@ -530,3 +530,25 @@ async fn shadow_mode_can_be_set_per_policy() {
     };
     assert_eq!(statuses, [200, 200, 200, 429]);
 }
+
+#[tokio::test]
+async fn configuring_a_clone_leaves_the_original_alone() {
+    let (limiter, _) = fresh();
+    let base = RateLimitLayer::new(limiter, Policy::parse("p", "1/h").unwrap());
+    let shadowed = base.clone().shadow(true);
+    let mut enforcing = service(base);
+    let mut shadow = service(shadowed);
+    assert_eq!(
+        status(&mut enforcing, from("192.0.2.1")).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        status(&mut enforcing, from("192.0.2.1")).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        status(&mut shadow, from("192.0.2.1")).await,
+        StatusCode::OK,
+        "same limiter, shadow mode"
+    );
+}
