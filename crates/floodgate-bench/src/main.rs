@@ -13,15 +13,13 @@ mod middleware;
 mod redis;
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::num::NonZeroU32;
-use std::pin::pin;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use floodgate::{Limit, MemoryStore, Policy, RateLimiter};
+use floodgate_testkit::now_or_never;
 use governor::{DefaultKeyedRateLimiter, Quota};
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -112,20 +110,7 @@ impl Floodgate {
     }
     #[inline]
     fn check(&self, key: &str) -> bool {
-        ready(self.limiter.check(&self.policy, key)).is_ok_and(|d| d.is_allowed())
-    }
-}
-
-/// Polls a future that completes without waiting (the memory store's).
-#[inline]
-fn ready<F: Future>(future: F) -> F::Output {
-    let mut future = pin!(future);
-    match future
-        .as_mut()
-        .poll(&mut Context::from_waker(Waker::noop()))
-    {
-        Poll::Ready(output) => output,
-        Poll::Pending => unreachable!("the memory store never waits"),
+        now_or_never(self.limiter.check(&self.policy, key)).is_ok_and(|d| d.is_allowed())
     }
 }
 
