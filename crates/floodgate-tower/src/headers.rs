@@ -1,5 +1,8 @@
 //! The IETF RateLimit header fields (draft-ietf-httpapi-ratelimit-headers, -10 syntax), the
 //! legacy `X-RateLimit-*` trio, `Retry-After` and the problem body of a 429.
+//!
+//! The field builders are public so other front ends (floodgate's server, a hand-written
+//! handler) answer with exactly the fields the layer sends.
 
 use std::fmt::Write;
 use std::time::Duration;
@@ -21,13 +24,13 @@ pub enum HeaderMode {
 }
 
 /// Whole seconds, rounded up: never earlier than the real time.
-pub(crate) fn ceil_secs(d: Duration) -> u64 {
+pub fn ceil_secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
 /// The name of limit `i` of `policy` in the header fields: the policy's name, or
 /// `name.i` when it has several limits.
-pub(crate) fn member(policy: &Policy, i: usize) -> String {
+pub fn member(policy: &Policy, i: usize) -> String {
     if policy.limits().len() == 1 {
         policy.name().to_owned()
     } else {
@@ -36,7 +39,7 @@ pub(crate) fn member(policy: &Policy, i: usize) -> String {
 }
 
 /// `RateLimit-Policy`: every limit, as `"name";q=count;w=seconds[;fg-burst=B]`.
-pub(crate) fn policy_field(policy: &Policy) -> String {
+pub fn policy_field(policy: &Policy) -> String {
     let mut out = String::new();
     for (i, limit) in policy.limits().iter().enumerate() {
         if i > 0 {
@@ -57,7 +60,7 @@ pub(crate) fn policy_field(policy: &Policy) -> String {
 }
 
 /// `RateLimit`: the deciding limit's remaining tokens and the seconds until one more.
-pub(crate) fn state_field(policy: &Policy, decision: &Decision) -> String {
+pub fn state_field(policy: &Policy, decision: &Decision) -> String {
     format!(
         "\"{}\";r={};t={}",
         member(policy, decision.decided_by()),
@@ -93,7 +96,7 @@ pub(crate) fn insert(
 }
 
 /// The `application/problem+json` body of a 429.
-pub(crate) fn problem(policy: &Policy, decision: &Decision) -> String {
+pub fn problem(policy: &Policy, decision: &Decision) -> String {
     let member = member(policy, decision.decided_by());
     format!(
         concat!(

@@ -41,7 +41,7 @@
 //! `metrics` recorder (a Prometheus exporter, say) to collect them.
 
 mod body;
-mod headers;
+pub mod headers;
 mod key;
 mod layer;
 

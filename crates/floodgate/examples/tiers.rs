@@ -1,7 +1,7 @@
 //! SaaS API tiering in one process: a free tier (`5/s burst 10; 1000/day`) and an
 //! enterprise tier (`100/s burst 200`) under the same burst of traffic.
 //!
-//! Run with `cargo run --release --example tiers`.
+//! Run with `cargo run --release -p floodgate --example tiers`.
 
 use std::time::Duration;
 

@@ -1,0 +1,386 @@
+//! The HTTP JSON API: `/v1/check`, `/v1/peek`, `/v1/reset`, `/v1/policies`, health and
+//! metrics. Errors are `application/problem+json`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use floodgate::{Decision, DecisionSource, Error};
+use floodgate_tower::headers::{ceil_secs, state_field};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use serde::Deserialize;
+
+use crate::runtime::{Runtime, ServedPolicy, Shared};
+
+/// The largest request body accepted.
+pub const MAX_BODY: usize = 64 * 1024;
+/// The longest key accepted, in bytes.
+pub const MAX_KEY: usize = 1024;
+
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/v1/check", post(check))
+        .route("/v1/peek", post(peek))
+        .route("/v1/reset", post(reset))
+        .route("/v1/policies", get(policies))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(shared)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DecideBody<'a> {
+    #[serde(borrow)]
+    policy: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    key: std::borrow::Cow<'a, str>,
+    cost: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResetBody<'a> {
+    #[serde(borrow)]
+    policy: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    key: std::borrow::Cow<'a, str>,
+}
+
+/// An `application/problem+json` response.
+pub(crate) fn problem(status: StatusCode, detail: &str) -> Response {
+    let title = status.canonical_reason().unwrap_or("Error");
+    let body = format!(
+        "{{\"type\":\"about:blank\",\"title\":\"{title}\",\"status\":{},\"detail\":{}}}",
+        status.as_u16(),
+        serde_json::Value::from(detail)
+    );
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    response
+}
+
+fn bad_request(shared: &Shared, detail: &str) -> Response {
+    shared.metrics.bad_request();
+    problem(StatusCode::BAD_REQUEST, detail)
+}
+
+fn body_rejection(shared: &Shared, rejection: BytesRejection) -> Response {
+    shared.metrics.bad_request();
+    let status = rejection.status();
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        problem(
+            status,
+            &format!("the request body is larger than {MAX_BODY} bytes"),
+        )
+    } else {
+        problem(status, &rejection.body_text())
+    }
+}
+
+fn unavailable(retry_after: Duration, detail: &str) -> Response {
+    let mut response = problem(StatusCode::SERVICE_UNAVAILABLE, detail);
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(ceil_secs(retry_after).max(1)),
+    );
+    response
+}
+
+/// Milliseconds, rounded up.
+fn ceil_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
+}
+
+/// Parses and validates a check/peek body; the error is the response to send.
+// The error is the response itself, sent right away: boxing it would only add an allocation.
+#[allow(clippy::result_large_err)]
+fn parse_decide<'a>(
+    shared: &Shared,
+    runtime: &'a Runtime,
+    body: &'a [u8],
+) -> Result<(&'a ServedPolicy, DecideBody<'a>, u32), Response> {
+    let request: DecideBody<'_> = serde_json::from_slice(body)
+        .map_err(|e| bad_request(shared, &format!("invalid request body: {e}")))?;
+    if request.key.is_empty() || request.key.len() > MAX_KEY {
+        return Err(bad_request(
+            shared,
+            &format!(
+                "key must be 1 to {MAX_KEY} bytes, got {}",
+                request.key.len()
+            ),
+        ));
+    }
+    let cost = match request.cost {
+        None => 1,
+        Some(cost) => match u32::try_from(cost) {
+            Ok(cost) if cost >= 1 => cost,
+            _ => {
+                return Err(bad_request(
+                    shared,
+                    &format!("cost must be an integer from 1 to {}, got {cost}", u32::MAX),
+                ));
+            }
+        },
+    };
+    let Some(served) = runtime.policies.get(request.policy.as_ref()) else {
+        shared.metrics.bad_request();
+        return Err(problem(
+            StatusCode::NOT_FOUND,
+            &format!("no policy named '{}'", request.policy.escape_debug()),
+        ));
+    };
+    if let Err(e) = served.policy.check_cost(cost) {
+        shared.metrics.bad_request();
+        return Err(problem(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string()));
+    }
+    Ok((served, request, cost))
+}
+
+/// The `200` answer to a check or peek.
+fn answer(served: &ServedPolicy, decision: &Decision, allowed: bool) -> Response {
+    use std::fmt::Write;
+    let mut json = String::with_capacity(160);
+    let shown = allowed || served.shadow;
+    let _ = write!(
+        json,
+        "{{\"allowed\":{shown},\"limit\":{},\"remaining\":{},\"retry_after_ms\":{},\"reset_after_ms\":{},\"policy\":\"{}\"",
+        decision.limit(),
+        decision.remaining(),
+        if allowed {
+            0
+        } else {
+            ceil_ms(decision.retry_after())
+        },
+        ceil_ms(decision.reset_after()),
+        served.policy.name(),
+    );
+    if served.shadow {
+        let _ = write!(json, ",\"shadow\":true,\"would_allow\":{allowed}");
+    }
+    json.push('}');
+    let mut response = Response::new(Body::from(json));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    insert_fields(headers, served, decision);
+    response
+}
+
+fn insert_fields(headers: &mut HeaderMap, served: &ServedPolicy, decision: &Decision) {
+    if let Some(field) = &served.policy_field {
+        headers.insert(HeaderName::from_static("ratelimit-policy"), field.clone());
+    }
+    if let Ok(value) = HeaderValue::try_from(state_field(&served.policy, decision)) {
+        headers.insert(HeaderName::from_static("ratelimit"), value);
+    }
+}
+
+fn store_failure(shared: &Shared, error: &Error) -> Response {
+    match error {
+        Error::CostExceedsBurst { .. } | Error::InvalidCost { .. } => {
+            problem(StatusCode::UNPROCESSABLE_ENTITY, &error.to_string())
+        }
+        _ => {
+            shared.metrics.store_error();
+            tracing::warn!(error = %error, "store call failed");
+            unavailable(
+                Duration::from_secs(1),
+                "the rate limit store is unavailable",
+            )
+        }
+    }
+}
+
+async fn check(State(shared): State<Arc<Shared>>, body: Result<Bytes, BytesRejection>) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => return body_rejection(&shared, rejection),
+    };
+    let runtime = shared.runtime.load();
+    let (served, request, cost) = match parse_decide(&shared, &runtime, &body) {
+        Ok(parsed) => parsed,
+        Err(response) => return response,
+    };
+    let started = Instant::now();
+    let result = runtime
+        .limiter
+        .check_n(&served.policy, &request.key, cost)
+        .await;
+    shared.metrics.store_latency(started.elapsed());
+    match result {
+        Ok(decision) => {
+            served.counters.record(&decision, served.shadow);
+            tracing::debug!(policy = %served.policy.name(), key = %request.key, allowed = decision.is_allowed(), "check");
+            if decision.source() == DecisionSource::FailClosed {
+                return unavailable(
+                    decision.retry_after(),
+                    "the rate limit store is unavailable and this policy fails closed",
+                );
+            }
+            answer(served, &decision, decision.is_allowed())
+        }
+        Err(e) => store_failure(&shared, &e),
+    }
+}
+
+async fn peek(State(shared): State<Arc<Shared>>, body: Result<Bytes, BytesRejection>) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => return body_rejection(&shared, rejection),
+    };
+    let runtime = shared.runtime.load();
+    let (served, request, cost) = match parse_decide(&shared, &runtime, &body) {
+        Ok(parsed) => parsed,
+        Err(response) => return response,
+    };
+    let started = Instant::now();
+    let result = runtime.limiter.peek(&served.policy, &request.key).await;
+    shared.metrics.store_latency(started.elapsed());
+    match result {
+        Ok(decision) => {
+            if decision.source() == DecisionSource::FailClosed {
+                return unavailable(
+                    decision.retry_after(),
+                    "the rate limit store is unavailable and this policy fails closed",
+                );
+            }
+            let allowed = decision.is_allowed() && decision.remaining() >= u64::from(cost);
+            answer(served, &decision, allowed)
+        }
+        Err(e) => store_failure(&shared, &e),
+    }
+}
+
+async fn reset(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let runtime = shared.runtime.load();
+    if let Some(token) = &runtime.config.server.admin_token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !constant_time_eq(given.as_bytes(), token.expose().as_bytes()) {
+            shared.metrics.bad_request();
+            let mut response = problem(
+                StatusCode::UNAUTHORIZED,
+                "POST /v1/reset needs the admin token: Authorization: Bearer <token>",
+            );
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"floodgate\""),
+            );
+            return response;
+        }
+    }
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => return body_rejection(&shared, rejection),
+    };
+    let request: ResetBody<'_> = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => return bad_request(&shared, &format!("invalid request body: {e}")),
+    };
+    if request.key.is_empty() || request.key.len() > MAX_KEY {
+        return bad_request(
+            &shared,
+            &format!(
+                "key must be 1 to {MAX_KEY} bytes, got {}",
+                request.key.len()
+            ),
+        );
+    }
+    let Some(served) = runtime.policies.get(request.policy.as_ref()) else {
+        shared.metrics.bad_request();
+        return problem(
+            StatusCode::NOT_FOUND,
+            &format!("no policy named '{}'", request.policy.escape_debug()),
+        );
+    };
+    let started = Instant::now();
+    let result = runtime.limiter.reset(&served.policy, &request.key).await;
+    shared.metrics.store_latency(started.elapsed());
+    match result {
+        Ok(()) => {
+            tracing::info!(policy = %served.policy.name(), "bucket reset");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => store_failure(&shared, &e),
+    }
+}
+
+/// Compares without an early exit on the first differing byte.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn policies(State(shared): State<Arc<Shared>>) -> Response {
+    let runtime = shared.runtime.load();
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        runtime.policy_list.clone(),
+    )
+        .into_response()
+}
+
+async fn healthz() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        "{\"status\":\"ok\"}",
+    )
+        .into_response()
+}
+
+async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    if shared.ready().await {
+        (
+            [(header::CONTENT_TYPE, "application/json")],
+            "{\"status\":\"ready\"}",
+        )
+            .into_response()
+    } else {
+        unavailable(
+            Duration::from_secs(1),
+            "the rate limit store does not answer",
+        )
+    }
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        shared.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn not_found() -> Response {
+    problem(
+        StatusCode::NOT_FOUND,
+        "no such endpoint; see GET /v1/policies",
+    )
+}

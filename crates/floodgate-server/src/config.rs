@@ -1,0 +1,609 @@
+//! The server's configuration: a TOML file parsed into raw serde types (unknown keys are
+//! errors), then converted once into validated domain types. Every error names the file, the
+//! key and the reason.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use floodgate::Policy;
+use serde::Deserialize;
+
+use crate::envoy::{self, Domains};
+
+/// The built-in configuration `floodgate serve` runs without `--config`: three SaaS tiers on
+/// the embedded memory store.
+pub const DEMO_CONFIG: &str = r#"# floodgate's built-in demo configuration.
+[server]
+http = "127.0.0.1:8080"
+grpc = "127.0.0.1:8081"
+
+[store]
+url = "memory://"
+
+[policies]
+free = "5/s burst 10; 1000/day"
+pro = "50/s burst 100"
+enterprise = "100/s burst 200"
+"#;
+
+/// Policy names starting with this prefix are reserved for the Envoy rules' buckets.
+pub const RESERVED_PREFIX: &str = "envoy:";
+
+/// A configuration error: which file, which key, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file the error is in.
+    pub file: String,
+    /// The key (dotted path), empty when the error is about the whole file.
+    pub key: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(file: &Path, key: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError {
+            file: file.display().to_string(),
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.file, self.reason)
+        } else {
+            write!(f, "{}: {}: {}", self.file, self.key, self.reason)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A string that never appears in `Debug` or `Display` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
+/// What a decision does when the store cannot answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    /// Allow the request (fail open).
+    Allow,
+    /// Deny it (fail closed): the HTTP API answers `503`.
+    Deny,
+    /// Decide with a local in-memory limiter given `store.local_share` of each limit.
+    Local,
+}
+
+impl fmt::Display for OnError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OnError::Allow => "allow",
+            OnError::Deny => "deny",
+            OnError::Local => "local",
+        })
+    }
+}
+
+/// Where bucket state lives.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StoreUrl {
+    /// The embedded memory store (`memory://`).
+    Memory,
+    /// Redis (`redis://`, `rediss://`, `redis+cluster://`); may hold a password.
+    Redis(Secret),
+}
+
+impl StoreUrl {
+    /// The URL with any password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        match self {
+            StoreUrl::Memory => "memory://".into(),
+            StoreUrl::Redis(url) => redact_url(url.expose()),
+        }
+    }
+}
+
+/// `scheme://user:password@host` → `scheme://user:***@host` (every host of a Cluster list).
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "<unparsable url>".into();
+    };
+    let hosts: Vec<String> = rest
+        .split(',')
+        .map(|host| match host.rsplit_once('@') {
+            Some((user, at)) => match user.split_once(':') {
+                Some((name, _)) => format!("{name}:***@{at}"),
+                None => format!("***@{at}"),
+            },
+            None => host.to_owned(),
+        })
+        .collect();
+    format!("{scheme}://{}", hosts.join(","))
+}
+
+/// `[server]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServerConfig {
+    /// The HTTP JSON API's listen address.
+    pub http: SocketAddr,
+    /// The Envoy RLS gRPC API's listen address.
+    pub grpc: SocketAddr,
+    /// The bearer token `POST /v1/reset` requires, when set.
+    pub admin_token: Option<Secret>,
+}
+
+/// `[store]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoreConfig {
+    /// Where buckets live.
+    pub url: StoreUrl,
+    /// The memory store's cap on live limit states.
+    pub max_keys: usize,
+    /// The default failure policy.
+    pub on_error: OnError,
+    /// The fraction of each limit a node may use under `on_error = "local"`.
+    pub local_share: Option<f64>,
+    /// Per-call timeout of the Redis store.
+    pub timeout: Duration,
+}
+
+/// One `[policies]` entry.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PolicyConfig {
+    /// The policy (its name is the table key).
+    pub policy: Policy,
+    /// This policy's failure policy (the store's when `None`).
+    pub on_error: Option<OnError>,
+    /// Shadow mode: answer `allowed`, report what would have happened.
+    pub shadow: bool,
+}
+
+/// A validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The file it came from (`None`: the built-in demo).
+    pub source: Option<PathBuf>,
+    /// `[server]`.
+    pub server: ServerConfig,
+    /// `[store]`.
+    pub store: StoreConfig,
+    /// `[policies]`, by name.
+    pub policies: BTreeMap<String, PolicyConfig>,
+    /// The Envoy domains loaded from `[envoy] config_dir`.
+    pub envoy: Domains,
+    /// `[envoy] config_dir`, resolved against the config file's directory.
+    pub envoy_dir: Option<PathBuf>,
+}
+
+/// Settings that override the file (command line and environment).
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// Replaces `server.http`.
+    pub http: Option<SocketAddr>,
+    /// Replaces `server.grpc`.
+    pub grpc: Option<SocketAddr>,
+    /// Replaces `store.url` (keeps a Redis password out of the file).
+    pub store_url: Option<String>,
+    /// Replaces `server.admin_token`.
+    pub admin_token: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    store: RawStore,
+    #[serde(default)]
+    policies: BTreeMap<String, toml::Value>,
+    envoy: Option<RawEnvoy>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    http: Option<String>,
+    grpc: Option<String>,
+    admin_token: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    url: Option<String>,
+    max_keys: Option<i64>,
+    on_error: Option<OnError>,
+    local_share: Option<f64>,
+    timeout: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    limits: String,
+    on_error: Option<OnError>,
+    #[serde(default)]
+    shadow: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEnvoy {
+    config_dir: String,
+}
+
+/// The default memory-store cap.
+pub const DEFAULT_MAX_KEYS: usize = 1_000_000;
+/// The default per-call store timeout.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
+
+impl Config {
+    /// The built-in demo configuration.
+    pub fn demo() -> Config {
+        match Config::parse(DEMO_CONFIG, Path::new("<built-in demo>"), None) {
+            Ok(config) => config,
+            // The demo text is a constant checked by the tests.
+            Err(e) => unreachable!("the built-in demo config is valid: {e}"),
+        }
+    }
+
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new(path, "", format!("cannot read: {e}")))?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, path, Some(dir))
+    }
+
+    /// Validates configuration text; `file` names it in errors and `dir` resolves
+    /// `envoy.config_dir` (`None`: no Envoy directory may be given).
+    pub fn parse(text: &str, file: &Path, dir: Option<&Path>) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let message = e.message().to_owned();
+            let position = e
+                .span()
+                .map(|span| {
+                    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                    format!("line {line}: ")
+                })
+                .unwrap_or_default();
+            ConfigError::new(file, "", format!("{position}{message}"))
+        })?;
+        let err = |key: &str, reason: String| ConfigError::new(file, key, reason);
+
+        let addr = |key: &str, value: Option<String>, default: &str| -> Result<SocketAddr, _> {
+            let text = value.unwrap_or_else(|| default.to_owned());
+            text.parse::<SocketAddr>().map_err(|_| {
+                err(
+                    key,
+                    format!("'{text}' is not a socket address such as \"127.0.0.1:8080\""),
+                )
+            })
+        };
+        let server = ServerConfig {
+            http: addr("server.http", raw.server.http, "127.0.0.1:8080")?,
+            grpc: addr("server.grpc", raw.server.grpc, "127.0.0.1:8081")?,
+            admin_token: match raw.server.admin_token {
+                Some(token) if token.trim().is_empty() => {
+                    return Err(err(
+                        "server.admin_token",
+                        "must not be empty (remove the key to leave /v1/reset open)".into(),
+                    ));
+                }
+                token => token.map(Secret),
+            },
+        };
+        if server.http == server.grpc && server.http.port() != 0 {
+            return Err(err(
+                "server.grpc",
+                format!("the same address as server.http ({})", server.http),
+            ));
+        }
+
+        let url = parse_store_url(raw.store.url.as_deref().unwrap_or("memory://"))
+            .map_err(|reason| err("store.url", reason))?;
+        let max_keys = match raw.store.max_keys {
+            None => DEFAULT_MAX_KEYS,
+            Some(_) if url != StoreUrl::Memory => {
+                return Err(err(
+                    "store.max_keys",
+                    "applies to the memory store only (Redis keys expire by themselves)".into(),
+                ));
+            }
+            Some(n) if n < 1 => {
+                return Err(err(
+                    "store.max_keys",
+                    format!("must be at least 1, got {n}"),
+                ));
+            }
+            Some(n) => usize::try_from(n)
+                .map_err(|_| err("store.max_keys", format!("{n} is too large")))?,
+        };
+        let timeout = match raw.store.timeout {
+            None => DEFAULT_TIMEOUT,
+            Some(text) => {
+                let timeout = humantime::parse_duration(&text).map_err(|e| {
+                    err(
+                        "store.timeout",
+                        format!("'{text}' is not a duration such as \"50ms\": {e}"),
+                    )
+                })?;
+                if timeout.is_zero() || timeout > Duration::from_secs(60) {
+                    return Err(err(
+                        "store.timeout",
+                        format!("must be above 0 and at most 60s, got '{text}'"),
+                    ));
+                }
+                timeout
+            }
+        };
+        if let Some(share) = raw.store.local_share
+            && !(share > 0.0 && share <= 1.0)
+        {
+            return Err(err(
+                "store.local_share",
+                format!("must be above 0 and at most 1, got {share}"),
+            ));
+        }
+        let store = StoreConfig {
+            url,
+            max_keys,
+            on_error: raw.store.on_error.unwrap_or(OnError::Allow),
+            local_share: raw.store.local_share,
+            timeout,
+        };
+
+        let mut policies = BTreeMap::new();
+        for (name, value) in raw.policies {
+            let key = format!("policies.{name}");
+            if name.starts_with(RESERVED_PREFIX) {
+                return Err(err(
+                    &key,
+                    format!("names starting with '{RESERVED_PREFIX}' are reserved for Envoy rules"),
+                ));
+            }
+            let (limits, on_error, shadow) = match value {
+                toml::Value::String(limits) => (limits, None, false),
+                toml::Value::Table(table) => {
+                    let raw: RawPolicy = toml::Value::Table(table)
+                        .try_into()
+                        .map_err(|e: toml::de::Error| err(&key, e.message().to_owned()))?;
+                    (raw.limits, raw.on_error, raw.shadow)
+                }
+                other => {
+                    return Err(err(
+                        &key,
+                        format!(
+                            "expected limits as a string (\"5/s burst 10\") or a table \
+                             ({{ limits = \"…\", on_error = \"deny\" }}), got a {}",
+                            other.type_str()
+                        ),
+                    ));
+                }
+            };
+            let policy =
+                Policy::parse(name.clone(), &limits).map_err(|e| err(&key, e.to_string()))?;
+            policies.insert(
+                name,
+                PolicyConfig {
+                    policy,
+                    on_error,
+                    shadow,
+                },
+            );
+        }
+        let wants_local = store.on_error == OnError::Local
+            || policies
+                .values()
+                .any(|p| p.on_error == Some(OnError::Local));
+        if wants_local && store.local_share.is_none() {
+            return Err(err(
+                "store.local_share",
+                "required when on_error is \"local\" (the fraction of each limit one node may \
+                 use, e.g. 0.25 for 4 nodes)"
+                    .into(),
+            ));
+        }
+
+        let (envoy, envoy_dir) = match raw.envoy {
+            None => (Domains::default(), None),
+            Some(RawEnvoy { config_dir }) => {
+                let Some(dir) = dir else {
+                    return Err(err(
+                        "envoy.config_dir",
+                        "cannot be resolved without a config file".into(),
+                    ));
+                };
+                let path = dir.join(&config_dir);
+                if !path.is_dir() {
+                    return Err(err(
+                        "envoy.config_dir",
+                        format!("'{}' is not a directory", path.display()),
+                    ));
+                }
+                (envoy::load_dir(&path)?, Some(path))
+            }
+        };
+        if policies.is_empty() && envoy.is_empty() {
+            return Err(err(
+                "policies",
+                "no policies and no Envoy domains: nothing to serve".into(),
+            ));
+        }
+        Ok(Config {
+            source: Some(file.to_path_buf()),
+            server,
+            store,
+            policies,
+            envoy,
+            envoy_dir,
+        })
+    }
+
+    /// Applies command-line and environment overrides, validating them like the file.
+    pub fn apply(&mut self, overrides: &Overrides) -> Result<(), ConfigError> {
+        let origin = Path::new("<environment>");
+        if let Some(http) = overrides.http {
+            self.server.http = http;
+        }
+        if let Some(grpc) = overrides.grpc {
+            self.server.grpc = grpc;
+        }
+        if let Some(url) = &overrides.store_url {
+            let url = parse_store_url(url).map_err(|r| ConfigError::new(origin, "store.url", r))?;
+            if url != StoreUrl::Memory {
+                self.store.max_keys = DEFAULT_MAX_KEYS;
+            }
+            self.store.url = url;
+        }
+        if let Some(token) = &overrides.admin_token {
+            if token.trim().is_empty() {
+                return Err(ConfigError::new(
+                    origin,
+                    "server.admin_token",
+                    "must not be empty",
+                ));
+            }
+            self.server.admin_token = Some(Secret(token.clone()));
+        }
+        Ok(())
+    }
+
+    /// The failure policy of `policy` (its own, else the store's).
+    pub fn on_error_for(&self, policy: &str) -> OnError {
+        self.policies
+            .get(policy)
+            .and_then(|p| p.on_error)
+            .unwrap_or(self.store.on_error)
+    }
+
+    /// A human-readable summary with secrets redacted (what `check-config` prints).
+    pub fn describe(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let source = self
+            .source
+            .as_ref()
+            .map_or("<built-in demo>".into(), |p| p.display().to_string());
+        let _ = writeln!(out, "config: {source}");
+        let _ = writeln!(out, "server.http: {}", self.server.http);
+        let _ = writeln!(out, "server.grpc: {}", self.server.grpc);
+        let _ = writeln!(
+            out,
+            "server.admin_token: {}",
+            if self.server.admin_token.is_some() {
+                "set (redacted)"
+            } else {
+                "not set (POST /v1/reset is open)"
+            }
+        );
+        let _ = write!(out, "store: {}", self.store.url.redacted());
+        match self.store.url {
+            StoreUrl::Memory => {
+                let _ = writeln!(out, " (max_keys {})", self.store.max_keys);
+            }
+            StoreUrl::Redis(_) => {
+                let _ = write!(
+                    out,
+                    " (timeout {}, on_error {}",
+                    humantime::format_duration(self.store.timeout),
+                    self.store.on_error
+                );
+                if let Some(share) = self.store.local_share {
+                    let _ = write!(out, ", local_share {share}");
+                }
+                let _ = writeln!(out, ")");
+            }
+        }
+        for (name, p) in &self.policies {
+            let _ = write!(out, "policy {name}: {}", p.policy);
+            if let Some(on_error) = p.on_error {
+                let _ = write!(out, " (on_error {on_error})");
+            }
+            if p.shadow {
+                let _ = write!(out, " (shadow)");
+            }
+            let _ = writeln!(out);
+        }
+        for domain in self.envoy.iter() {
+            let _ = writeln!(
+                out,
+                "envoy domain {}: {} rate limits (from {})",
+                domain.name(),
+                domain.rule_count(),
+                domain.file().display()
+            );
+        }
+        out
+    }
+}
+
+fn parse_store_url(url: &str) -> Result<StoreUrl, String> {
+    if url == "memory://" {
+        return Ok(StoreUrl::Memory);
+    }
+    let scheme = url.split_once("://").map(|(s, _)| s);
+    match scheme {
+        Some("redis" | "rediss" | "redis+cluster" | "rediss+cluster") => {
+            Ok(StoreUrl::Redis(Secret(url.to_owned())))
+        }
+        _ => Err(format!(
+            "'{}' is not a store URL: use memory://, redis://host:port, rediss://host:port or \
+             redis+cluster://h1:p1,h2:p2",
+            redact_url(url)
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_config_is_valid() {
+        let demo = Config::demo();
+        assert_eq!(demo.policies.len(), 3);
+        assert_eq!(
+            demo.policies["free"].policy.to_string(),
+            "5/s burst 10; 1000/d"
+        );
+        assert_eq!(demo.server.http, "127.0.0.1:8080".parse().unwrap());
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_url("redis://app:hunter2@10.0.0.1:6379/0"),
+            "redis://app:***@10.0.0.1:6379/0"
+        );
+        assert_eq!(redact_url("redis://:hunter2@h:1"), "redis://:***@h:1");
+        assert_eq!(redact_url("redis://h:1"), "redis://h:1");
+        assert_eq!(
+            redact_url("redis+cluster://u:p@a:1,u:p@b:2"),
+            "redis+cluster://u:***@a:1,u:***@b:2"
+        );
+        let secret = Secret("hunter2".into());
+        assert!(!format!("{secret:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,155 @@
+//! `floodgate`: the rate limit server. `floodgate serve [--config FILE]` (the default) or
+//! `floodgate check-config FILE`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use floodgate_server::{Options, Overrides, load_config, start};
+
+#[derive(Parser)]
+#[command(
+    name = "floodgate",
+    version,
+    about = "Token-bucket rate limiting as a service: HTTP JSON and Envoy's rate limit gRPC API."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the default).
+    Serve(ServeArgs),
+    /// Validate a config file and print the resolved policies (secrets redacted).
+    CheckConfig {
+        /// The TOML config file.
+        file: PathBuf,
+    },
+}
+
+#[derive(clap::Args, Clone)]
+struct ServeArgs {
+    /// The TOML config file (default: the built-in demo config).
+    #[arg(long, short, env = "FLOODGATE_CONFIG")]
+    config: Option<PathBuf>,
+    /// The HTTP listen address (overrides server.http).
+    #[arg(long, env = "FLOODGATE_HTTP")]
+    http: Option<SocketAddr>,
+    /// The gRPC listen address (overrides server.grpc).
+    #[arg(long, env = "FLOODGATE_GRPC")]
+    grpc: Option<SocketAddr>,
+    /// The store URL (overrides store.url; keeps a Redis password out of the file).
+    #[arg(long, env = "FLOODGATE_STORE_URL", hide_env_values = true)]
+    store_url: Option<String>,
+    /// The admin token for POST /v1/reset (overrides server.admin_token).
+    #[arg(long, env = "FLOODGATE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Seconds between checks for a changed config file (0: only SIGHUP reloads).
+    #[arg(long, env = "FLOODGATE_WATCH_SECS", default_value_t = 1)]
+    watch_secs: u64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FLOODGATE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Some(Command::CheckConfig { file }) => check_config(file),
+        Some(Command::Serve(args)) => serve(args),
+        None => serve(cli.serve),
+    }
+}
+
+fn check_config(file: PathBuf) -> ExitCode {
+    let options = Options {
+        config: Some(file),
+        ..Options::default()
+    };
+    match load_config(&options) {
+        Ok(config) => {
+            print!("{}", config.describe());
+            println!("ok");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> ExitCode {
+    let options = Options {
+        watch_interval: (args.watch_secs > 0 && args.config.is_some())
+            .then(|| Duration::from_secs(args.watch_secs)),
+        config: args.config,
+        overrides: Overrides {
+            http: args.http,
+            grpc: args.grpc,
+            store_url: args.store_url,
+            admin_token: args.admin_token,
+        },
+        reload_on_sighup: true,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let demo = options.config.is_none();
+        let server = match start(options).await {
+            Ok(server) => server,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let http = server.http_addr();
+        println!("floodgate listening: HTTP on http://{http}, Envoy RLS gRPC on {}", server.grpc_addr());
+        if demo {
+            println!("built-in demo config: policies free (5/s burst 10; 1000/day), pro (50/s burst 100), enterprise (100/s burst 200)");
+        }
+        println!("try: curl -s -X POST http://{http}/v1/check -d '{{\"policy\":\"free\",\"key\":\"user:42\"}}'");
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing in-flight requests");
+        server.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,272 @@
+//! Prometheus metrics, kept per server instance in atomics (no global recorder, so several
+//! servers in one process — the tests — count separately). Labels are policy names and fixed
+//! outcome words: a raw key is never a label.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use floodgate::{Decision, DecisionSource};
+
+/// Counters of one policy (or one Envoy rule).
+#[derive(Debug, Default)]
+pub struct PolicyCounters {
+    allowed: AtomicU64,
+    denied: AtomicU64,
+    shadow_denied: AtomicU64,
+    fail_open: AtomicU64,
+    fail_closed: AtomicU64,
+    local: AtomicU64,
+    cache_hits: AtomicU64,
+}
+
+impl PolicyCounters {
+    /// Counts one decision; `shadow` marks a policy in shadow mode.
+    pub fn record(&self, decision: &Decision, shadow: bool) {
+        let outcome = match (decision.is_allowed(), shadow) {
+            (true, _) => &self.allowed,
+            (false, false) => &self.denied,
+            (false, true) => &self.shadow_denied,
+        };
+        outcome.fetch_add(1, Ordering::Relaxed);
+        let source = match decision.source() {
+            DecisionSource::FailOpen => &self.fail_open,
+            DecisionSource::FailClosed => &self.fail_closed,
+            DecisionSource::LocalFallback => &self.local,
+            DecisionSource::Cache => &self.cache_hits,
+            _ => return,
+        };
+        source.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Upper bounds of the store latency histogram, in seconds.
+const BUCKETS: [f64; 12] = [
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.05,
+    0.25,
+];
+
+/// All of one server's metrics.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    policies: Mutex<HashMap<String, Arc<PolicyCounters>>>,
+    latency: [AtomicU64; BUCKETS.len() + 1],
+    latency_sum_ns: AtomicU64,
+    store_errors: AtomicU64,
+    reloads_ok: AtomicU64,
+    reloads_failed: AtomicU64,
+    config_version: AtomicU64,
+    grpc_requests: AtomicU64,
+    http_bad_requests: AtomicU64,
+}
+
+impl Metrics {
+    /// The counters of `policy`, created on first use and kept across reloads.
+    pub fn policy(&self, policy: &str) -> Arc<PolicyCounters> {
+        let mut map = self
+            .policies
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.entry(policy.to_owned()).or_default().clone()
+    }
+
+    /// Records how long one store call took.
+    pub fn store_latency(&self, elapsed: Duration) {
+        let secs = elapsed.as_secs_f64();
+        let slot = BUCKETS
+            .iter()
+            .position(|&bound| secs <= bound)
+            .unwrap_or(BUCKETS.len());
+        self.latency[slot].fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_ns.fetch_add(
+            u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Counts a store call that failed.
+    pub fn store_error(&self) {
+        self.store_errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a reload attempt and, when it succeeded, the new config version.
+    pub fn reload(&self, result: Result<u64, ()>) {
+        match result {
+            Ok(version) => {
+                self.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                self.config_version.store(version, Ordering::Relaxed);
+            }
+            Err(()) => {
+                self.reloads_failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Sets the version of the config being served.
+    pub fn set_version(&self, version: u64) {
+        self.config_version.store(version, Ordering::Relaxed);
+    }
+
+    /// Counts one `ShouldRateLimit` call.
+    pub fn grpc_request(&self) {
+        self.grpc_requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts one HTTP request answered with a 4xx problem.
+    pub fn bad_request(&self) {
+        self.http_bad_requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reload counts: (succeeded, failed).
+    pub fn reloads(&self) -> (u64, u64) {
+        (
+            self.reloads_ok.load(Ordering::Relaxed),
+            self.reloads_failed.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let policies: Vec<(String, Arc<PolicyCounters>)> = {
+            let map = self
+                .policies
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut all: Vec<_> = map.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            all.sort_by(|a, b| a.0.cmp(&b.0));
+            all
+        };
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+
+        header(
+            &mut out,
+            "floodgate_decisions_total",
+            "counter",
+            "Decisions by policy and outcome (shadow_denied: denied by a policy in shadow mode, answered allowed).",
+        );
+        for (name, c) in &policies {
+            for (outcome, counter) in [
+                ("allowed", &c.allowed),
+                ("denied", &c.denied),
+                ("shadow_denied", &c.shadow_denied),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "floodgate_decisions_total{{policy=\"{name}\",outcome=\"{outcome}\"}} {}",
+                    load(counter)
+                );
+            }
+        }
+        header(
+            &mut out,
+            "floodgate_fallback_decisions_total",
+            "counter",
+            "Decisions made without the store, by policy and failure mode.",
+        );
+        for (name, c) in &policies {
+            for (mode, counter) in [
+                ("fail_open", &c.fail_open),
+                ("fail_closed", &c.fail_closed),
+                ("local", &c.local),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "floodgate_fallback_decisions_total{{policy=\"{name}\",mode=\"{mode}\"}} {}",
+                    load(counter)
+                );
+            }
+        }
+        header(
+            &mut out,
+            "floodgate_deny_cache_hits_total",
+            "counter",
+            "Denials answered from the local deny cache without a Redis round trip.",
+        );
+        for (name, c) in &policies {
+            let _ = writeln!(
+                out,
+                "floodgate_deny_cache_hits_total{{policy=\"{name}\"}} {}",
+                load(&c.cache_hits)
+            );
+        }
+        header(
+            &mut out,
+            "floodgate_store_latency_seconds",
+            "histogram",
+            "Time of one store call (check, peek, reset).",
+        );
+        let mut cumulative = 0;
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            cumulative += load(&self.latency[i]);
+            let _ = writeln!(
+                out,
+                "floodgate_store_latency_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        cumulative += load(&self.latency[BUCKETS.len()]);
+        let _ = writeln!(
+            out,
+            "floodgate_store_latency_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
+        );
+        let _ = writeln!(
+            out,
+            "floodgate_store_latency_seconds_sum {}",
+            load(&self.latency_sum_ns) as f64 / 1e9
+        );
+        let _ = writeln!(out, "floodgate_store_latency_seconds_count {cumulative}");
+        for (name, kind, help, value) in [
+            (
+                "floodgate_store_errors_total",
+                "counter",
+                "Store calls that failed (timeouts, connection errors, error replies).",
+                load(&self.store_errors),
+            ),
+            (
+                "floodgate_grpc_requests_total",
+                "counter",
+                "ShouldRateLimit calls.",
+                load(&self.grpc_requests),
+            ),
+            (
+                "floodgate_http_bad_requests_total",
+                "counter",
+                "HTTP API requests answered with a 4xx problem.",
+                load(&self.http_bad_requests),
+            ),
+            (
+                "floodgate_config_version",
+                "gauge",
+                "Version of the configuration being served (1 at start, +1 per applied reload).",
+                load(&self.config_version),
+            ),
+        ] {
+            header(&mut out, name, kind, help);
+            let _ = writeln!(out, "{name} {value}");
+        }
+        header(
+            &mut out,
+            "floodgate_config_reloads_total",
+            "counter",
+            "Configuration reloads by result (a failed reload keeps the old configuration).",
+        );
+        let _ = writeln!(
+            out,
+            "floodgate_config_reloads_total{{result=\"ok\"}} {}",
+            load(&self.reloads_ok)
+        );
+        let _ = writeln!(
+            out,
+            "floodgate_config_reloads_total{{result=\"failed\"}} {}",
+            load(&self.reloads_failed)
+        );
+        out
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}

@@ -1,0 +1,280 @@
+//! What a request sees: one immutable [`Runtime`] (config, policies, store) swapped atomically
+//! on reload, and the per-server state that outlives reloads ([`Shared`]).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use floodgate::{Decision, Error, MemoryStore, MonotonicClock, Policy, RateLimiter, Store};
+use floodgate_redis::{FailurePolicy, RedisStore};
+use http::HeaderValue;
+
+use crate::config::{Config, ConfigError, OnError, Overrides, StoreConfig, StoreUrl};
+use crate::metrics::{Metrics, PolicyCounters};
+
+/// The store the server runs on, chosen once from the config URL (static dispatch).
+pub enum AnyStore {
+    /// `memory://`.
+    Memory(MemoryStore),
+    /// `redis://`, `rediss://`, `redis+cluster://`.
+    Redis(RedisStore),
+}
+
+impl Store for AnyStore {
+    type Clock = MonotonicClock;
+    const VALIDATES_COST: bool = false;
+
+    fn clock(&self) -> &MonotonicClock {
+        match self {
+            AnyStore::Memory(s) => s.clock(),
+            AnyStore::Redis(s) => s.clock(),
+        }
+    }
+
+    async fn acquire(&self, policy: &Policy, key: &str, cost: u32) -> Result<Decision, Error> {
+        match self {
+            AnyStore::Memory(s) => s.acquire(policy, key, cost).await,
+            AnyStore::Redis(s) => s.acquire(policy, key, cost).await,
+        }
+    }
+
+    async fn peek(&self, policy: &Policy, key: &str) -> Result<Decision, Error> {
+        match self {
+            AnyStore::Memory(s) => s.peek(policy, key).await,
+            AnyStore::Redis(s) => s.peek(policy, key).await,
+        }
+    }
+
+    async fn reset(&self, policy: &Policy, key: &str) -> Result<(), Error> {
+        match self {
+            AnyStore::Memory(s) => s.reset(policy, key).await,
+            AnyStore::Redis(s) => s.reset(policy, key).await,
+        }
+    }
+
+    async fn charge(&self, policy: &Policy, key: &str, cost: u32) -> Result<Decision, Error> {
+        match self {
+            AnyStore::Memory(s) => s.charge(policy, key, cost).await,
+            AnyStore::Redis(s) => s.charge(policy, key, cost).await,
+        }
+    }
+}
+
+/// A policy as the HTTP API serves it.
+pub(crate) struct ServedPolicy {
+    pub(crate) policy: Policy,
+    pub(crate) shadow: bool,
+    pub(crate) counters: Arc<PolicyCounters>,
+    /// The `RateLimit-Policy` field, computed once.
+    pub(crate) policy_field: Option<HeaderValue>,
+}
+
+/// One configuration version, immutable once built.
+pub(crate) struct Runtime {
+    pub(crate) version: u64,
+    pub(crate) config: Config,
+    pub(crate) policies: HashMap<String, ServedPolicy>,
+    /// Counters of the Envoy rules' bucket policies, by policy name.
+    pub(crate) rule_counters: HashMap<String, Arc<PolicyCounters>>,
+    pub(crate) limiter: Arc<RateLimiter<AnyStore>>,
+    /// `GET /v1/policies`, rendered once.
+    pub(crate) policy_list: String,
+}
+
+/// Per-server state shared by every request and task.
+pub(crate) struct Shared {
+    pub(crate) runtime: ArcSwap<Runtime>,
+    pub(crate) metrics: Metrics,
+    pub(crate) config_path: Option<PathBuf>,
+    pub(crate) overrides: Overrides,
+    reload_lock: tokio::sync::Mutex<()>,
+    versions: AtomicU64,
+    /// The readiness probe's policy.
+    pub(crate) probe: Policy,
+}
+
+impl Shared {
+    pub(crate) async fn start(
+        config: Config,
+        config_path: Option<PathBuf>,
+        overrides: Overrides,
+    ) -> Result<Arc<Shared>, ConfigError> {
+        let metrics = Metrics::default();
+        let store = build_store(&config).await?;
+        let runtime = Runtime::new(1, config, Arc::new(RateLimiter::new(store)), &metrics);
+        metrics.set_version(1);
+        let probe = Policy::parse("floodgate-readyz", "1000000/s")
+            .map_err(|e| ConfigError::new(std::path::Path::new("<built-in>"), "", e.to_string()))?;
+        Ok(Arc::new(Shared {
+            runtime: ArcSwap::from_pointee(runtime),
+            metrics,
+            config_path,
+            overrides,
+            reload_lock: tokio::sync::Mutex::new(()),
+            versions: AtomicU64::new(1),
+            probe,
+        }))
+    }
+
+    /// Re-reads the config file and, when it is valid, swaps it in atomically; otherwise
+    /// the running config keeps serving. Returns the version now served.
+    pub(crate) async fn reload(&self) -> Result<u64, ConfigError> {
+        let _one_at_a_time = self.reload_lock.lock().await;
+        let result = self.try_reload().await;
+        match &result {
+            Ok(version) => {
+                self.metrics.reload(Ok(*version));
+                tracing::info!(version, "configuration reloaded");
+            }
+            Err(e) => {
+                self.metrics.reload(Err(()));
+                tracing::warn!(error = %e, "configuration reload failed; the previous configuration keeps serving");
+            }
+        }
+        result
+    }
+
+    async fn try_reload(&self) -> Result<u64, ConfigError> {
+        let Some(path) = &self.config_path else {
+            return Err(ConfigError::new(
+                std::path::Path::new("<built-in demo>"),
+                "",
+                "no config file to reload (start with --config FILE)",
+            ));
+        };
+        let mut config = Config::load(path)?;
+        config.apply(&self.overrides)?;
+        let current = self.runtime.load_full();
+        // Listen addresses are bound once.
+        if config.server.http != current.config.server.http
+            || config.server.grpc != current.config.server.grpc
+        {
+            tracing::warn!("server.http / server.grpc changes take effect at restart");
+            config.server.http = current.config.server.http;
+            config.server.grpc = current.config.server.grpc;
+        }
+        let limiter = if same_store(&current.config, &config) {
+            current.limiter.clone()
+        } else if current.config.store.url == StoreUrl::Memory
+            && config.store.url == StoreUrl::Memory
+        {
+            tracing::warn!("store.max_keys changes take effect at restart");
+            config.store.max_keys = current.config.store.max_keys;
+            current.limiter.clone()
+        } else {
+            Arc::new(RateLimiter::new(build_store(&config).await?))
+        };
+        let version = self.versions.fetch_add(1, Ordering::Relaxed) + 1;
+        let runtime = Runtime::new(version, config, limiter, &self.metrics);
+        self.runtime.store(Arc::new(runtime));
+        Ok(version)
+    }
+
+    /// Whether the store answers (a peek on a probe key).
+    pub(crate) async fn ready(&self) -> bool {
+        let runtime = self.runtime.load_full();
+        let started = Instant::now();
+        let result = runtime.limiter.peek(&self.probe, "probe").await;
+        self.metrics.store_latency(started.elapsed());
+        matches!(result, Ok(d) if d.source() == floodgate::DecisionSource::Store)
+    }
+}
+
+impl Runtime {
+    fn new(
+        version: u64,
+        config: Config,
+        limiter: Arc<RateLimiter<AnyStore>>,
+        metrics: &Metrics,
+    ) -> Runtime {
+        let mut policies = HashMap::new();
+        let mut list = Vec::new();
+        for (name, p) in &config.policies {
+            policies.insert(
+                name.clone(),
+                ServedPolicy {
+                    policy: p.policy.clone(),
+                    shadow: p.shadow,
+                    counters: metrics.policy(name),
+                    policy_field: HeaderValue::try_from(floodgate_tower::headers::policy_field(
+                        &p.policy,
+                    ))
+                    .ok(),
+                },
+            );
+            list.push(format!(
+                "{{\"name\":{},\"limits\":{}}}",
+                serde_json::Value::from(name.as_str()),
+                serde_json::Value::from(p.policy.to_string())
+            ));
+        }
+        let rule_counters = config
+            .envoy
+            .policies()
+            .into_iter()
+            .map(|p| (p.name().to_owned(), metrics.policy(p.name())))
+            .collect();
+        Runtime {
+            version,
+            policy_list: format!("[{}]", list.join(",")),
+            config,
+            policies,
+            rule_counters,
+            limiter,
+        }
+    }
+}
+
+fn same_store(a: &Config, b: &Config) -> bool {
+    let overrides = |c: &Config| -> Vec<(String, Option<OnError>)> {
+        c.policies
+            .iter()
+            .map(|(name, p)| (name.clone(), p.on_error))
+            .collect()
+    };
+    a.store == b.store && (a.store.url == StoreUrl::Memory || overrides(a) == overrides(b))
+}
+
+fn failure_policy(on_error: OnError, store: &StoreConfig) -> FailurePolicy {
+    match on_error {
+        OnError::Allow => FailurePolicy::Allow,
+        OnError::Deny => FailurePolicy::Deny,
+        OnError::Local => FailurePolicy::Local {
+            // Validated: set whenever some on_error is "local".
+            share: store.local_share.unwrap_or(1.0),
+        },
+    }
+}
+
+async fn build_store(config: &Config) -> Result<AnyStore, ConfigError> {
+    let origin = config
+        .source
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("<built-in demo>"));
+    match &config.store.url {
+        StoreUrl::Memory => MemoryStore::builder()
+            .max_keys(config.store.max_keys)
+            .try_build()
+            .map(AnyStore::Memory)
+            .map_err(|e| ConfigError::new(&origin, "store.max_keys", e.to_string())),
+        StoreUrl::Redis(url) => {
+            let mut builder = RedisStore::builder(url.expose())
+                .timeout(config.store.timeout)
+                .on_failure(failure_policy(config.store.on_error, &config.store));
+            for (name, p) in &config.policies {
+                if let Some(on_error) = p.on_error {
+                    builder = builder
+                        .on_failure_for(name.clone(), failure_policy(on_error, &config.store));
+                }
+            }
+            builder
+                .build()
+                .await
+                .map(AnyStore::Redis)
+                .map_err(|e| ConfigError::new(&origin, "store.url", e.to_string()))
+        }
+    }
+}
