@@ -280,15 +280,16 @@ impl Config {
     /// `envoy.config_dir` (`None`: no Envoy directory may be given).
     pub fn parse(text: &str, file: &Path, dir: Option<&Path>) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            let message = e.message().to_owned();
-            let position = e
+            let (key, line) = e
                 .span()
-                .map(|span| {
-                    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
-                    format!("line {line}: ")
-                })
+                .map(|span| locate(text, span.start))
                 .unwrap_or_default();
-            ConfigError::new(file, "", format!("{position}{message}"))
+            let line = if line > 0 {
+                format!("line {line}: ")
+            } else {
+                String::new()
+            };
+            ConfigError::new(file, key, format!("{line}{}", e.message()))
         })?;
         let err = |key: &str, reason: String| ConfigError::new(file, key, reason);
 
@@ -376,7 +377,7 @@ impl Config {
 
         let mut policies = BTreeMap::new();
         for (name, value) in raw.policies {
-            let key = format!("policies.{name}");
+            let key = format!("policies.{}", bare_or_quoted(&name));
             if name.starts_with(RESERVED_PREFIX) {
                 return Err(err(
                     &key,
@@ -396,8 +397,11 @@ impl Config {
                         &key,
                         format!(
                             "expected limits as a string (\"5/s burst 10\") or a table \
-                             ({{ limits = \"…\", on_error = \"deny\" }}), got a {}",
-                            other.type_str()
+                             ({{ limits = \"…\", on_error = \"deny\" }}), got {}",
+                            match other.type_str() {
+                                kind @ ("integer" | "array") => format!("an {kind}"),
+                                kind => format!("a {kind}"),
+                            }
                         ),
                     ));
                 }
@@ -549,13 +553,59 @@ impl Config {
         for domain in self.envoy.iter() {
             let _ = writeln!(
                 out,
-                "envoy domain {}: {} rate limits (from {})",
+                "envoy domain {}: {} rate limit{} (from {})",
                 domain.name(),
                 domain.rule_count(),
+                if domain.rule_count() == 1 { "" } else { "s" },
                 domain.file().display()
             );
         }
         out
+    }
+}
+
+/// The dotted key and the 1-based line of a byte offset in TOML text: the key on that line
+/// (or the table header's name) under the last `[table]` header above it.
+fn locate(text: &str, offset: usize) -> (String, usize) {
+    let offset = offset.min(text.len());
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line_no = text[..offset].matches('\n').count() + 1;
+    let line_end = text[offset..].find('\n').map_or(text.len(), |i| offset + i);
+    let line = text[line_start..line_end].trim();
+    let header = |l: &str| {
+        l.strip_prefix('[')
+            .and_then(|l| l.split(']').next())
+            .map(|h| h.trim_matches(['[', ']', ' ']).to_owned())
+    };
+    if let Some(table) = header(line) {
+        return (table, line_no);
+    }
+    let table = text[..line_start]
+        .lines()
+        .rev()
+        .find_map(|l| header(l.trim()));
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim().trim_matches('"').to_owned())
+        .unwrap_or_default();
+    let dotted = match (table, key.is_empty()) {
+        (Some(table), false) => format!("{table}.{key}"),
+        (Some(table), true) => table,
+        (None, _) => key,
+    };
+    (dotted, line_no)
+}
+
+/// A TOML key as written in a dotted path: bare when it can be, else quoted.
+fn bare_or_quoted(key: &str) -> String {
+    if !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        key.to_owned()
+    } else {
+        format!("{key:?}")
     }
 }
 

@@ -349,8 +349,11 @@ pub fn load_dir(dir: &Path) -> Result<Domains, ConfigError> {
 
 /// Parses one domain file.
 pub fn parse_domain(text: &str, file: &Path) -> Result<Domain, ConfigError> {
-    let raw: RawDomain = serde_saphyr::from_str(text)
-        .map_err(|e| ConfigError::new(file, "", format!("config error, {e}")))?;
+    let raw: RawDomain = serde_saphyr::from_str(text).map_err(|e| {
+        let message = e.without_snippet().to_string();
+        let message = message.strip_prefix("error: ").unwrap_or(&message);
+        ConfigError::new(file, "", format!("config error, {message}"))
+    })?;
     let name = raw.domain.unwrap_or_default();
     if name.is_empty() {
         return Err(ConfigError::new(
@@ -487,8 +490,11 @@ impl Builder<'_> {
             });
         }
         let unit_text = raw.unit.unwrap_or_default();
-        let unit = Unit::parse(&unit_text)
-            .ok_or_else(|| err(format!("invalid rate limit unit '{unit_text}'")))?;
+        let unit = Unit::parse(&unit_text).ok_or_else(|| {
+            err(format!(
+                "invalid rate limit unit '{unit_text}' (use second, minute, hour, day or week)"
+            ))
+        })?;
         let multiplier = raw.unit_multiplier.unwrap_or(1);
         if multiplier == 0 {
             return Err(err("rate limit unit multiplier must be positive".into()));

@@ -1,6 +1,7 @@
 //! `floodgate`: the rate limit server. `floodgate serve [--config FILE]` (the default) or
 //! `floodgate check-config FILE`.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -121,11 +122,23 @@ fn serve(args: ServeArgs) -> ExitCode {
             }
         };
         let http = server.http_addr();
-        println!("floodgate listening: HTTP on http://{http}, Envoy RLS gRPC on {}", server.grpc_addr());
+        let mut banner = format!(
+            "floodgate listening: HTTP on http://{http}, Envoy RLS gRPC on {}\n",
+            server.grpc_addr()
+        );
         if demo {
-            println!("built-in demo config: policies free (5/s burst 10; 1000/day), pro (50/s burst 100), enterprise (100/s burst 200)");
+            banner.push_str(
+                "built-in demo config: policies free (5/s burst 10; 1000/day), \
+                 pro (50/s burst 100), enterprise (100/s burst 200)\n",
+            );
         }
-        println!("try: curl -s -X POST http://{http}/v1/check -d '{{\"policy\":\"free\",\"key\":\"user:42\"}}'");
+        banner.push_str(&format!(
+            "try: curl -s -X POST http://{http}/v1/check -d '{{\"policy\":\"free\",\"key\":\"user:42\"}}'\n"
+        ));
+        // A closed stdout must not take the server down.
+        let mut stdout = std::io::stdout().lock();
+        let _ = stdout.write_all(banner.as_bytes()).and_then(|()| stdout.flush());
+        drop(stdout);
         shutdown_signal().await;
         tracing::info!("shutting down: finishing in-flight requests");
         server.shutdown().await;

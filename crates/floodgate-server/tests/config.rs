@@ -1,0 +1,197 @@
+//! Config files: every bad fixture fails with its exact message (in-process and through
+//! `floodgate check-config`, exit code 1); the full example loads and prints with secrets
+//! redacted.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use floodgate_server::Config;
+
+/// `(fixture in tests/fixtures/config/bad, the message as printed from that directory's parent)`.
+const BAD: &[(&str, &str)] = &[
+    (
+        "bad_address.toml",
+        "bad/bad_address.toml: server.http: 'localhost' is not a socket address such as \"127.0.0.1:8080\"",
+    ),
+    (
+        "bad_envoy_file.toml",
+        "bad/../../envoy/invalid/bad_limit_unit.yaml: test-domain.key1_value1: invalid rate limit unit 'foo' (use second, minute, hour, day or week)",
+    ),
+    (
+        "bad_limit.toml",
+        "bad/bad_limit.toml: policies.free: rate \"5/fortnight\": unknown unit \"fortnight\" at position 2",
+    ),
+    (
+        "bad_on_error.toml",
+        "bad/bad_on_error.toml: store.on_error: line 2: unknown variant `maybe`, expected one of `allow`, `deny`, `local`",
+    ),
+    (
+        "bad_policy_name.toml",
+        "bad/bad_policy_name.toml: policies.\"free tier\": invalid policy \"free tier\": character ' ' is not allowed in a policy name (use ASCII letters, digits and -_.:/)",
+    ),
+    (
+        "bad_share.toml",
+        "bad/bad_share.toml: store.local_share: must be above 0 and at most 1, got 1.5",
+    ),
+    (
+        "bad_store_url.toml",
+        "bad/bad_store_url.toml: store.url: 'mysql://root:***@db:3306' is not a store URL: use memory://, redis://host:port, rediss://host:port or redis+cluster://h1:p1,h2:p2",
+    ),
+    (
+        "bad_timeout.toml",
+        "bad/bad_timeout.toml: store.timeout: 'soon' is not a duration such as \"50ms\": expected number at 0",
+    ),
+    (
+        "empty_admin_token.toml",
+        "bad/empty_admin_token.toml: server.admin_token: must not be empty (remove the key to leave /v1/reset open)",
+    ),
+    (
+        "local_without_share.toml",
+        "bad/local_without_share.toml: store.local_share: required when on_error is \"local\" (the fraction of each limit one node may use, e.g. 0.25 for 4 nodes)",
+    ),
+    (
+        "max_keys_with_redis.toml",
+        "bad/max_keys_with_redis.toml: store.max_keys: applies to the memory store only (Redis keys expire by themselves)",
+    ),
+    (
+        "missing_envoy_dir.toml",
+        "bad/missing_envoy_dir.toml: envoy.config_dir: 'bad/no-such-dir/' is not a directory",
+    ),
+    (
+        "nothing_to_serve.toml",
+        "bad/nothing_to_serve.toml: policies: no policies and no Envoy domains: nothing to serve",
+    ),
+    (
+        "policy_local_without_share.toml",
+        "bad/policy_local_without_share.toml: store.local_share: required when on_error is \"local\" (the fraction of each limit one node may use, e.g. 0.25 for 4 nodes)",
+    ),
+    (
+        "policy_missing_limits.toml",
+        "bad/policy_missing_limits.toml: policies.login: missing field `limits`",
+    ),
+    (
+        "policy_number.toml",
+        "bad/policy_number.toml: policies.free: expected limits as a string (\"5/s burst 10\") or a table ({ limits = \"…\", on_error = \"deny\" }), got an integer",
+    ),
+    (
+        "policy_unknown_key.toml",
+        "bad/policy_unknown_key.toml: policies.login: unknown field `shadw`, expected one of `limits`, `on_error`, `shadow`",
+    ),
+    (
+        "reserved_policy_name.toml",
+        "bad/reserved_policy_name.toml: policies.\"envoy:free\": names starting with 'envoy:' are reserved for Envoy rules",
+    ),
+    (
+        "same_ports.toml",
+        "bad/same_ports.toml: server.grpc: the same address as server.http (127.0.0.1:9000)",
+    ),
+    (
+        "syntax.toml",
+        "bad/syntax.toml: policies.free: line 2: invalid basic string, expected `\"`",
+    ),
+    (
+        "unknown_key.toml",
+        "bad/unknown_key.toml: server.https: line 2: unknown field `https`, expected one of `http`, `grpc`, `admin_token`",
+    ),
+    (
+        "unknown_section.toml",
+        "bad/unknown_section.toml: serverr: line 1: unknown field `serverr`, expected one of `server`, `store`, `policies`, `envoy`",
+    ),
+    (
+        "zero_burst.toml",
+        "bad/zero_burst.toml: policies.free: invalid limit \"5/s burst 0\": burst must be at least 1",
+    ),
+    (
+        "zero_max_keys.toml",
+        "bad/zero_max_keys.toml: store.max_keys: must be at least 1, got 0",
+    ),
+    (
+        "zero_timeout.toml",
+        "bad/zero_timeout.toml: store.timeout: must be above 0 and at most 60s, got '0ms'",
+    ),
+];
+
+fn config_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/config")
+}
+
+#[test]
+fn every_bad_fixture_has_its_exact_message() {
+    let bad = config_dir().join("bad");
+    let mut listed: Vec<String> = std::fs::read_dir(&bad)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    listed.sort();
+    let expected: Vec<String> = BAD.iter().map(|(f, _)| (*f).to_owned()).collect();
+    assert_eq!(listed, expected, "every fixture has an expectation");
+    for (file, message) in BAD {
+        let error = Config::load(&bad.join(file)).expect_err(file);
+        let in_process = message.replace("bad/", &format!("{}/", bad.display()));
+        assert_eq!(error.to_string(), in_process, "{file}");
+    }
+}
+
+#[test]
+fn check_config_exits_1_with_the_error_on_each_bad_fixture() {
+    for (file, message) in BAD {
+        let output = Command::new(env!("CARGO_BIN_EXE_floodgate"))
+            .current_dir(config_dir())
+            .args(["check-config", &format!("bad/{file}")])
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(1), "{file}");
+        assert_eq!(
+            String::from_utf8_lossy(&output.stderr),
+            format!("error: {message}\n"),
+            "{file}"
+        );
+        assert!(output.stdout.is_empty());
+    }
+}
+
+#[test]
+fn check_config_prints_the_resolved_config_with_secrets_redacted() {
+    let output = Command::new(env!("CARGO_BIN_EXE_floodgate"))
+        .current_dir(config_dir())
+        .args(["check-config", "good.toml"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    assert!(!stdout.contains("hunter2"), "{stdout}");
+    assert!(!stdout.contains("do-not-print-me"), "{stdout}");
+    for line in [
+        "server.admin_token: set (redacted)",
+        "store: redis://app:***@127.0.0.1:6379 (timeout 50ms, on_error allow, local_share 0.25)",
+        "policy free: 5/s burst 10; 1000/d",
+        "policy login: 5/m; 20/d (on_error deny)",
+        "policy search: 10/s (on_error local) (shadow)",
+        "envoy domain test-domain: 10 rate limits (from ../envoy/valid/basic_config.yaml)",
+        "envoy domain burst-domain: 1 rate limit (from ../envoy/valid/burst.yaml)",
+        "ok",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l == line),
+            "missing {line:?} in\n{stdout}"
+        );
+    }
+    // The Debug form of the config is safe to log too.
+    let config = Config::load(&config_dir().join("good.toml")).unwrap();
+    let debug = format!("{config:?}");
+    assert!(!debug.contains("hunter2") && !debug.contains("do-not-print-me"));
+}
+
+#[test]
+fn check_config_on_a_missing_file_names_it() {
+    let output = Command::new(env!("CARGO_BIN_EXE_floodgate"))
+        .args(["check-config", "/nonexistent/floodgate.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.starts_with("error: /nonexistent/floodgate.toml: cannot read: "),
+        "{stderr}"
+    );
+}
