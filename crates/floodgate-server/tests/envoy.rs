@@ -555,3 +555,40 @@ async fn should_rate_limit_on_redis() {
     second.shutdown().await;
     server.shutdown().await;
 }
+
+/// The Python interpreter with Debian's `python3-grpcio` and `python3-grpc-tools` (installed by
+/// `scripts/test`), or the first `python3` that can import them.
+fn python_with_grpc() -> Option<String> {
+    ["/usr/bin/python3", "python3"].into_iter().find_map(|python| {
+        let status = std::process::Command::new(python)
+            .args(["-c", "import grpc, grpc_tools"])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .ok()?;
+        status.success().then(|| python.to_owned())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_grpc_client_gets_the_same_answers() {
+    let python = python_with_grpc().expect(
+        "a Python with grpcio and grpc_tools is needed: apt-get install python3-grpcio \
+         python3-grpc-tools (scripts/test installs them)",
+    );
+    let (_dir, server, _client) = start_server(None).await;
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let output = tokio::process::Command::new(python)
+        .arg(manifest.join("tests/python/rls_client.py"))
+        .arg(manifest.join("proto"))
+        .arg(server.grpc_addr().to_string())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.trim() == "ok",
+        "the Python client failed:\n{stdout}\n{stderr}"
+    );
+    server.shutdown().await;
+}
