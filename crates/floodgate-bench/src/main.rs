@@ -7,10 +7,12 @@
 //!
 //! `cargo run --release -p floodgate-bench -- redis` measures the Redis store instead,
 //! against `redis-benchmark` on a `redis-server` it starts itself; `-- middleware` measures
-//! the tower layer's overhead on an axum route with `wrk`.
+//! the tower layer's overhead on an axum route with `wrk`; `-- server` measures the floodgate
+//! server's HTTP and gRPC APIs beside bare routes (`wrk` too).
 
 mod middleware;
 mod redis;
+mod server;
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
@@ -270,6 +272,13 @@ fn main() {
     let quick = args.iter().any(|a| a == "--quick");
     if args.get(1).is_some_and(|a| a == "middleware") {
         middleware::run(
+            flag("--runs").map_or(3, |r| r.max(1) as usize),
+            flag("--seconds").unwrap_or(3),
+        );
+        return;
+    }
+    if args.get(1).is_some_and(|a| a == "server") {
+        server::run(
             flag("--runs").map_or(3, |r| r.max(1) as usize),
             flag("--seconds").unwrap_or(3),
         );

@@ -6,12 +6,11 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use floodgate::{Decision, DecisionSource, Error};
-use floodgate_tower::headers::{ceil_secs, state_field};
+use floodgate::{Clock, Decision, DecisionSource, Error, Store};
+use floodgate_tower::headers::ceil_secs;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use serde::Deserialize;
 
@@ -32,7 +31,6 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .fallback(not_found)
-        .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(shared)
 }
 
@@ -77,17 +75,59 @@ fn bad_request(shared: &Shared, detail: &str) -> Response {
     problem(StatusCode::BAD_REQUEST, detail)
 }
 
-fn body_rejection(shared: &Shared, rejection: BytesRejection) -> Response {
-    shared.metrics.bad_request();
-    let status = rejection.status();
-    if status == StatusCode::PAYLOAD_TOO_LARGE {
+/// Reads a request body of at most [`MAX_BODY`] bytes. A body that arrives in one frame (the
+/// usual small JSON request) is used without copying.
+async fn read_body(shared: &Shared, headers: &HeaderMap, body: Body) -> Result<Bytes, Response> {
+    use http_body_util::BodyExt;
+    let too_large = || {
+        shared.metrics.bad_request();
         problem(
-            status,
+            StatusCode::PAYLOAD_TOO_LARGE,
             &format!("the request body is larger than {MAX_BODY} bytes"),
         )
-    } else {
-        problem(status, &rejection.body_text())
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(too_large());
     }
+    let mut body = body;
+    let mut first: Option<Bytes> = None;
+    let mut rest: Option<bytes::BytesMut> = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            shared.metrics.bad_request();
+            problem(
+                StatusCode::BAD_REQUEST,
+                &format!("cannot read the request body: {e}"),
+            )
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let size = first.as_ref().map_or(0, Bytes::len)
+            + rest.as_ref().map_or(0, bytes::BytesMut::len)
+            + data.len();
+        if size > MAX_BODY {
+            return Err(too_large());
+        }
+        match (&mut first, &mut rest) {
+            (None, _) => first = Some(data),
+            (Some(head), None) => {
+                let mut joined = bytes::BytesMut::with_capacity(size);
+                joined.extend_from_slice(head);
+                joined.extend_from_slice(&data);
+                rest = Some(joined);
+            }
+            (Some(_), Some(joined)) => joined.extend_from_slice(&data),
+        }
+    }
+    Ok(match rest {
+        Some(joined) => joined.freeze(),
+        None => first.unwrap_or_default(),
+    })
 }
 
 fn unavailable(retry_after: Duration, detail: &str) -> Response {
@@ -149,26 +189,33 @@ fn parse_decide<'a>(
     Ok((served, request, cost))
 }
 
-/// The `200` answer to a check or peek.
+/// The `200` answer to a check or peek (hot path: no format machinery).
 fn answer(served: &ServedPolicy, decision: &Decision, allowed: bool) -> Response {
-    use std::fmt::Write;
+    let mut numbers = itoa::Buffer::new();
     let mut json = String::with_capacity(160);
-    let shown = allowed || served.shadow;
-    let _ = write!(
-        json,
-        "{{\"allowed\":{shown},\"limit\":{},\"remaining\":{},\"retry_after_ms\":{},\"reset_after_ms\":{},\"policy\":\"{}\"",
-        decision.limit(),
-        decision.remaining(),
-        if allowed {
-            0
-        } else {
-            ceil_ms(decision.retry_after())
-        },
-        ceil_ms(decision.reset_after()),
-        served.policy.name(),
-    );
+    json.push_str(if allowed || served.shadow {
+        "{\"allowed\":true,\"limit\":"
+    } else {
+        "{\"allowed\":false,\"limit\":"
+    });
+    json.push_str(numbers.format(decision.limit()));
+    json.push_str(",\"remaining\":");
+    json.push_str(numbers.format(decision.remaining()));
+    json.push_str(",\"retry_after_ms\":");
+    json.push_str(numbers.format(if allowed {
+        0
+    } else {
+        ceil_ms(decision.retry_after())
+    }));
+    json.push_str(",\"reset_after_ms\":");
+    json.push_str(numbers.format(ceil_ms(decision.reset_after())));
+    json.push_str(&served.json_tail);
     if served.shadow {
-        let _ = write!(json, ",\"shadow\":true,\"would_allow\":{allowed}");
+        json.push_str(if allowed {
+            ",\"shadow\":true,\"would_allow\":true"
+        } else {
+            ",\"shadow\":true,\"would_allow\":false"
+        });
     }
     json.push('}');
     let mut response = Response::new(Body::from(json));
@@ -181,11 +228,21 @@ fn answer(served: &ServedPolicy, decision: &Decision, allowed: bool) -> Response
     response
 }
 
+/// `RateLimit-Policy` (computed once per policy) and `RateLimit`.
 fn insert_fields(headers: &mut HeaderMap, served: &ServedPolicy, decision: &Decision) {
     if let Some(field) = &served.policy_field {
         headers.insert(HeaderName::from_static("ratelimit-policy"), field.clone());
     }
-    if let Ok(value) = HeaderValue::try_from(state_field(&served.policy, decision)) {
+    let Some(prefix) = served.state_prefixes.get(decision.decided_by()) else {
+        return;
+    };
+    let mut numbers = itoa::Buffer::new();
+    let mut field = String::with_capacity(prefix.len() + 24);
+    field.push_str(prefix);
+    field.push_str(numbers.format(decision.remaining()));
+    field.push_str(";t=");
+    field.push_str(numbers.format(ceil_secs(decision.next_token_after())));
+    if let Ok(value) = HeaderValue::try_from(field) {
         headers.insert(HeaderName::from_static("ratelimit"), value);
     }
 }
@@ -206,22 +263,27 @@ fn store_failure(shared: &Shared, error: &Error) -> Response {
     }
 }
 
-async fn check(State(shared): State<Arc<Shared>>, body: Result<Bytes, BytesRejection>) -> Response {
-    let body = match body {
+async fn check(State(shared): State<Arc<Shared>>, request: axum::extract::Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let body = match read_body(&shared, &parts.headers, body).await {
         Ok(body) => body,
-        Err(rejection) => return body_rejection(&shared, rejection),
+        Err(response) => return response,
     };
     let runtime = shared.runtime.load();
     let (served, request, cost) = match parse_decide(&shared, &runtime, &body) {
         Ok(parsed) => parsed,
         Err(response) => return response,
     };
-    let started = Instant::now();
+    // The store's clock (a TSC read) times the call: cheaper than `Instant`.
+    let clock = runtime.limiter.store().clock();
+    let started = clock.now_nanos();
     let result = runtime
         .limiter
         .check_n(&served.policy, &request.key, cost)
         .await;
-    shared.metrics.store_latency(started.elapsed());
+    shared.metrics.store_latency(Duration::from_nanos(
+        clock.now_nanos().saturating_sub(started),
+    ));
     match result {
         Ok(decision) => {
             served.counters.record(&decision, served.shadow);
@@ -238,10 +300,11 @@ async fn check(State(shared): State<Arc<Shared>>, body: Result<Bytes, BytesRejec
     }
 }
 
-async fn peek(State(shared): State<Arc<Shared>>, body: Result<Bytes, BytesRejection>) -> Response {
-    let body = match body {
+async fn peek(State(shared): State<Arc<Shared>>, request: axum::extract::Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let body = match read_body(&shared, &parts.headers, body).await {
         Ok(body) => body,
-        Err(rejection) => return body_rejection(&shared, rejection),
+        Err(response) => return response,
     };
     let runtime = shared.runtime.load();
     let (served, request, cost) = match parse_decide(&shared, &runtime, &body) {
@@ -266,11 +329,9 @@ async fn peek(State(shared): State<Arc<Shared>>, body: Result<Bytes, BytesReject
     }
 }
 
-async fn reset(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+async fn reset(State(shared): State<Arc<Shared>>, request: axum::extract::Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
     let runtime = shared.runtime.load();
     if let Some(token) = &runtime.config.server.admin_token {
         let given = headers
@@ -291,9 +352,9 @@ async fn reset(
             return response;
         }
     }
-    let body = match body {
+    let body = match read_body(&shared, headers, body).await {
         Ok(body) => body,
-        Err(rejection) => return body_rejection(&shared, rejection),
+        Err(response) => return response,
     };
     let request: ResetBody<'_> = match serde_json::from_slice(&body) {
         Ok(request) => request,

@@ -70,6 +70,10 @@ pub(crate) struct ServedPolicy {
     pub(crate) counters: Arc<PolicyCounters>,
     /// The `RateLimit-Policy` field, computed once.
     pub(crate) policy_field: Option<HeaderValue>,
+    /// Per limit: the `RateLimit` field up to its remaining count (`"name.i";r=`).
+    pub(crate) state_prefixes: Vec<String>,
+    /// The JSON answer's end: `,"policy":"name"`.
+    pub(crate) json_tail: String,
 }
 
 /// One configuration version, immutable once built.
@@ -203,6 +207,12 @@ impl Runtime {
                         &p.policy,
                     ))
                     .ok(),
+                    state_prefixes: (0..p.policy.limits().len())
+                        .map(|i| {
+                            format!("\"{}\";r=", floodgate_tower::headers::member(&p.policy, i))
+                        })
+                        .collect(),
+                    json_tail: format!(",\"policy\":{}", serde_json::Value::from(name.as_str())),
                 },
             );
             list.push(format!(

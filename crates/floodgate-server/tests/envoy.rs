@@ -559,14 +559,16 @@ async fn should_rate_limit_on_redis() {
 /// The Python interpreter with Debian's `python3-grpcio` and `python3-grpc-tools` (installed by
 /// `scripts/test`), or the first `python3` that can import them.
 fn python_with_grpc() -> Option<String> {
-    ["/usr/bin/python3", "python3"].into_iter().find_map(|python| {
-        let status = std::process::Command::new(python)
-            .args(["-c", "import grpc, grpc_tools"])
-            .stderr(std::process::Stdio::null())
-            .status()
-            .ok()?;
-        status.success().then(|| python.to_owned())
-    })
+    ["/usr/bin/python3", "python3"]
+        .into_iter()
+        .find_map(|python| {
+            let status = std::process::Command::new(python)
+                .args(["-c", "import grpc, grpc_tools"])
+                .stderr(std::process::Stdio::null())
+                .status()
+                .ok()?;
+            status.success().then(|| python.to_owned())
+        })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -55,6 +55,16 @@ pub async fn request(
     parse(&raw)
 }
 
+/// Sends raw request bytes (the caller writes every header) and reads the whole response.
+pub async fn raw(addr: SocketAddr, request: &str) -> Reply {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    // The server may answer (413) and close before reading everything: ignore write errors.
+    let _ = stream.write_all(request.as_bytes()).await;
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw).await;
+    parse(&raw)
+}
+
 fn parse(raw: &[u8]) -> Reply {
     let text = String::from_utf8_lossy(raw);
     let (head, body) = text.split_once("\r\n\r\n").expect("a complete response");
