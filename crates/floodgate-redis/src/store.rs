@@ -170,7 +170,7 @@ impl<C: Clock> RedisStoreBuilder<C> {
     }
 
     /// Connects and checks the server: refuses bad URLs and settings with a clear error,
-    /// and warns (on standard error) when Redis may evict limiter keys.
+    /// and warns (a `tracing` event at WARN level) when Redis may evict limiter keys.
     pub async fn build(self) -> Result<RedisStore<C>, Error> {
         let redacted = redact(&self.url);
         keys::validate_prefix(&self.prefix).map_err(|reason| config("key_prefix", reason))?;
@@ -264,10 +264,11 @@ impl<C: Clock> RedisStore<C> {
         if let Ok(values) = reply {
             if let Some(policy) = values.get(1) {
                 if policy != "noeviction" {
-                    eprintln!(
-                        "floodgate-redis: {} has maxmemory-policy {policy}: under memory pressure Redis may \
-                         evict rate-limit keys, which resets those buckets; use noeviction",
-                        self.url
+                    tracing::warn!(
+                        url = %self.url,
+                        maxmemory_policy = %policy,
+                        "under memory pressure Redis may evict rate-limit keys, which resets \
+                         those buckets; use maxmemory-policy noeviction"
                     );
                 }
             }

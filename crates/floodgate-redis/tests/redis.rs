@@ -157,3 +157,43 @@ async fn limits_too_fast_for_microseconds_are_invalid() {
             .is_allowed()
     );
 }
+
+/// The log lines written while connecting to `server`.
+fn logs_while_connecting(server: &RedisServer) -> String {
+    use std::sync::{Arc, Mutex};
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buffer = Arc::new(Mutex::new(Vec::new()));
+    let sink = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || Sink(sink.clone()))
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async { RedisStore::connect(&server.url()).await.unwrap() });
+    String::from_utf8(buffer.lock().unwrap().clone()).unwrap()
+}
+
+#[test]
+fn warns_in_the_log_when_redis_may_evict_limiter_keys() {
+    let evicting = RedisServer::start_with(&["--maxmemory-policy", "volatile-lru"]);
+    let log = logs_while_connecting(&evicting);
+    assert!(log.contains("WARN"), "{log}");
+    assert!(log.contains("maxmemory_policy=volatile-lru"), "{log}");
+    assert!(log.contains("use maxmemory-policy noeviction"), "{log}");
+    let safe = RedisServer::start();
+    let log = logs_while_connecting(&safe);
+    assert!(!log.contains("maxmemory"), "noeviction is quiet: {log}");
+}

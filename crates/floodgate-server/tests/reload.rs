@@ -245,3 +245,49 @@ async fn the_bare_binary_serves_the_demo_tiers() {
     signal(&child, "INT");
     assert_eq!(wait_exit(&mut child), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_requests_in_flight() {
+    let redis = floodgate_testkit::redis_server::RedisServer::start();
+    let dir = TempDir::new("drain");
+    let config = format!(
+        "[store]\nurl = \"{}\"\ntimeout = \"5s\"\n[policies]\nslow = \"1/hour\"\n",
+        redis.url()
+    );
+    let path = dir.write("floodgate.toml", &config);
+    let server = start(Options::file_on_free_ports(path)).await.unwrap();
+    let addr = server.http_addr();
+    // Warm the connection and the script cache, then make Redis slow.
+    assert_eq!(
+        post(addr, "/v1/peek", r#"{"policy":"slow","key":"k"}"#)
+            .await
+            .status,
+        200
+    );
+    redis.cli(&["CLIENT", "PAUSE", "700", "ALL"]);
+    let in_flight = tokio::spawn(async move {
+        let started = Instant::now();
+        let reply = post(addr, "/v1/check", r#"{"policy":"slow","key":"k"}"#).await;
+        (reply, started.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stopping = Instant::now();
+    server.shutdown().await;
+    let (reply, took) = in_flight.await.unwrap();
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let json = reply.json();
+    assert_eq!(
+        json["allowed"], true,
+        "decided by Redis after the pause: {json}"
+    );
+    assert!(
+        took >= Duration::from_millis(400),
+        "the request waited for Redis: {took:?}"
+    );
+    assert!(
+        stopping.elapsed() >= Duration::from_millis(300),
+        "shutdown waited for the request"
+    );
+    // And the listener is closed.
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
