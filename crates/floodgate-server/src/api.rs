@@ -75,9 +75,18 @@ fn bad_request(shared: &Shared, detail: &str) -> Response {
     problem(StatusCode::BAD_REQUEST, detail)
 }
 
+fn body_timeout(shared: &Shared) -> Duration {
+    shared.runtime.load().config.server.limits.body_timeout
+}
+
 /// Reads a request body of at most [`MAX_BODY`] bytes. A body that arrives in one frame (the
 /// usual small JSON request) is used without copying.
-async fn read_body(shared: &Shared, headers: &HeaderMap, body: Body) -> Result<Bytes, Response> {
+async fn read_body(
+    shared: &Shared,
+    headers: &HeaderMap,
+    body: Body,
+    body_timeout: Duration,
+) -> Result<Bytes, Response> {
     use http_body_util::BodyExt;
     let too_large = || {
         shared.metrics.bad_request();
@@ -93,10 +102,24 @@ async fn read_body(shared: &Shared, headers: &HeaderMap, body: Body) -> Result<B
     if declared.is_some_and(|n| n > MAX_BODY as u64) {
         return Err(too_large());
     }
+    let deadline = tokio::time::Instant::now() + body_timeout;
     let mut body = body;
     let mut first: Option<Bytes> = None;
     let mut rest: Option<bytes::BytesMut> = None;
-    while let Some(frame) = body.frame().await {
+    loop {
+        let Ok(frame) = tokio::time::timeout_at(deadline, body.frame()).await else {
+            shared.metrics.bad_request();
+            return Err(problem(
+                StatusCode::REQUEST_TIMEOUT,
+                &format!(
+                    "the request body did not arrive within {}",
+                    humantime::format_duration(body_timeout)
+                ),
+            ));
+        };
+        let Some(frame) = frame else {
+            break;
+        };
         let frame = frame.map_err(|e| {
             shared.metrics.bad_request();
             problem(
@@ -265,7 +288,7 @@ fn store_failure(shared: &Shared, error: &Error) -> Response {
 
 async fn check(State(shared): State<Arc<Shared>>, request: axum::extract::Request) -> Response {
     let (parts, body) = request.into_parts();
-    let body = match read_body(&shared, &parts.headers, body).await {
+    let body = match read_body(&shared, &parts.headers, body, body_timeout(&shared)).await {
         Ok(body) => body,
         Err(response) => return response,
     };
@@ -302,7 +325,7 @@ async fn check(State(shared): State<Arc<Shared>>, request: axum::extract::Reques
 
 async fn peek(State(shared): State<Arc<Shared>>, request: axum::extract::Request) -> Response {
     let (parts, body) = request.into_parts();
-    let body = match read_body(&shared, &parts.headers, body).await {
+    let body = match read_body(&shared, &parts.headers, body, body_timeout(&shared)).await {
         Ok(body) => body,
         Err(response) => return response,
     };
@@ -352,7 +375,14 @@ async fn reset(State(shared): State<Arc<Shared>>, request: axum::extract::Reques
             return response;
         }
     }
-    let body = match read_body(&shared, headers, body).await {
+    let body = match read_body(
+        &shared,
+        headers,
+        body,
+        runtime.config.server.limits.body_timeout,
+    )
+    .await
+    {
         Ok(body) => body,
         Err(response) => return response,
     };

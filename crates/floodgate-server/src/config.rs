@@ -12,6 +12,7 @@ use floodgate::Policy;
 use serde::Deserialize;
 
 use crate::envoy::{self, Domains};
+use crate::listener::HttpLimits;
 
 /// The built-in configuration `floodgate serve` runs without `--config`: three SaaS tiers on
 /// the embedded memory store.
@@ -150,6 +151,8 @@ pub struct ServerConfig {
     pub grpc: SocketAddr,
     /// The bearer token `POST /v1/reset` requires, when set.
     pub admin_token: Option<Secret>,
+    /// Connection and request limits of the HTTP listener.
+    pub limits: HttpLimits,
 }
 
 /// `[store]`.
@@ -226,6 +229,10 @@ struct RawServer {
     http: Option<String>,
     grpc: Option<String>,
     admin_token: Option<String>,
+    max_connections: Option<i64>,
+    header_timeout: Option<String>,
+    body_timeout: Option<String>,
+    max_header_bytes: Option<i64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -302,6 +309,48 @@ impl Config {
                 )
             })
         };
+        let defaults = HttpLimits::default();
+        let duration = |key: &str, value: Option<String>, default: Duration| match value {
+            None => Ok(default),
+            Some(text) => {
+                parse_duration(&text, Duration::from_secs(3_600)).map_err(|reason| err(key, reason))
+            }
+        };
+        let count = |key: &str, value: Option<i64>, default: usize, min: i64, max: i64| match value
+        {
+            None => Ok(default),
+            Some(n) if n < min || n > max => {
+                Err(err(key, format!("must be from {min} to {max}, got {n}")))
+            }
+            Some(n) => usize::try_from(n).map_err(|_| err(key, format!("{n} is out of range"))),
+        };
+        let limits = HttpLimits {
+            max_connections: count(
+                "server.max_connections",
+                raw.server.max_connections,
+                defaults.max_connections,
+                1,
+                1_000_000,
+            )?,
+            header_timeout: duration(
+                "server.header_timeout",
+                raw.server.header_timeout,
+                defaults.header_timeout,
+            )?,
+            body_timeout: duration(
+                "server.body_timeout",
+                raw.server.body_timeout,
+                defaults.body_timeout,
+            )?,
+            max_header_bytes: count(
+                "server.max_header_bytes",
+                raw.server.max_header_bytes,
+                defaults.max_header_bytes,
+                1_024,
+                1_048_576,
+            )?,
+            max_headers: defaults.max_headers,
+        };
         let server = ServerConfig {
             http: addr("server.http", raw.server.http, "127.0.0.1:8080")?,
             grpc: addr("server.grpc", raw.server.grpc, "127.0.0.1:8081")?,
@@ -314,6 +363,7 @@ impl Config {
                 }
                 token => token.map(Secret),
             },
+            limits,
         };
         if server.http == server.grpc && server.http.port() != 0 {
             return Err(err(
@@ -343,21 +393,8 @@ impl Config {
         };
         let timeout = match raw.store.timeout {
             None => DEFAULT_TIMEOUT,
-            Some(text) => {
-                let timeout = humantime::parse_duration(&text).map_err(|e| {
-                    err(
-                        "store.timeout",
-                        format!("'{text}' is not a duration such as \"50ms\": {e}"),
-                    )
-                })?;
-                if timeout.is_zero() || timeout > Duration::from_secs(60) {
-                    return Err(err(
-                        "store.timeout",
-                        format!("must be above 0 and at most 60s, got '{text}'"),
-                    ));
-                }
-                timeout
-            }
+            Some(text) => parse_duration(&text, Duration::from_secs(60))
+                .map_err(|reason| err("store.timeout", reason))?,
         };
         if let Some(share) = raw.store.local_share
             && !(share > 0.0 && share <= 1.0)
@@ -522,6 +559,15 @@ impl Config {
                 "not set (POST /v1/reset is open)"
             }
         );
+        let limits = &self.server.limits;
+        let _ = writeln!(
+            out,
+            "server limits: max_connections {}, header_timeout {}, body_timeout {}, max_header_bytes {}",
+            limits.max_connections,
+            humantime::format_duration(limits.header_timeout),
+            humantime::format_duration(limits.body_timeout),
+            limits.max_header_bytes
+        );
         let _ = write!(out, "store: {}", self.store.url.redacted());
         match self.store.url {
             StoreUrl::Memory => {
@@ -562,6 +608,19 @@ impl Config {
         }
         out
     }
+}
+
+/// A duration such as `"50ms"` or `"10s"`: above zero and at most `max`.
+fn parse_duration(text: &str, max: Duration) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text)
+        .map_err(|e| format!("'{text}' is not a duration such as \"50ms\": {e}"))?;
+    if duration.is_zero() || duration > max {
+        return Err(format!(
+            "must be above 0 and at most {}, got '{text}'",
+            humantime::format_duration(max)
+        ));
+    }
+    Ok(duration)
 }
 
 /// The dotted key and the 1-based line of a byte offset in TOML text: the key on that line

@@ -30,6 +30,7 @@
 mod api;
 pub mod config;
 pub mod envoy;
+mod listener;
 pub mod metrics;
 mod rls;
 mod runtime;
@@ -45,6 +46,7 @@ use tokio::task::JoinHandle;
 
 pub use api::{MAX_BODY, MAX_KEY};
 pub use config::{Config, ConfigError, Overrides};
+pub use listener::HttpLimits;
 pub use runtime::AnyStore;
 
 /// The Envoy RLS v3 protocol types, generated from the trimmed protos in `proto/`.
@@ -206,25 +208,29 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
     let mut tasks = Vec::new();
 
     let app = api::router(shared.clone());
-    let mut http_stop = stopped.clone();
-    tasks.push(tokio::spawn(async move {
-        let serve = axum::serve(http_listener, app).with_graceful_shutdown(async move {
-            until_stopped(&mut http_stop).await;
-        });
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "HTTP server failed");
-        }
-    }));
+    let limits = shared.runtime.load().config.server.limits;
+    tasks.push(tokio::spawn(listener::serve(
+        http_listener,
+        app,
+        limits,
+        stopped.clone(),
+    )));
 
+    // A descriptor set larger than the HTTP API's body cap is not a rate limit request.
     let rls = proto::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitServiceServer::new(
         rls::Rls {
             shared: shared.clone(),
         },
-    );
+    )
+    .max_decoding_message_size(api::MAX_BODY);
     let mut grpc_stop = stopped.clone();
     tasks.push(tokio::spawn(async move {
         let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener);
         let serve = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .max_concurrent_streams(Some(1_024))
             .add_service(rls)
             .serve_with_incoming_shutdown(incoming, async move {
                 until_stopped(&mut grpc_stop).await;
@@ -303,7 +309,7 @@ impl Running {
     }
 }
 
-async fn until_stopped(stopped: &mut watch::Receiver<bool>) {
+pub(crate) async fn until_stopped(stopped: &mut watch::Receiver<bool>) {
     let _ = stopped.wait_for(|&s| s).await;
 }
 

@@ -13,6 +13,7 @@ use floodgate_redis::{FailurePolicy, RedisStore};
 use http::HeaderValue;
 
 use crate::config::{Config, ConfigError, OnError, Overrides, StoreConfig, StoreUrl};
+use crate::listener::HttpLimits;
 use crate::metrics::{Metrics, PolicyCounters};
 
 /// The store the server runs on, chosen once from the config URL (static dispatch).
@@ -159,6 +160,25 @@ impl Shared {
             tracing::warn!("server.http / server.grpc changes take effect at restart");
             config.server.http = current.config.server.http;
             config.server.grpc = current.config.server.grpc;
+        }
+        // The listener's limits too, except the body timeout, read per request.
+        let (old, new) = (current.config.server.limits, config.server.limits);
+        if (
+            old.max_connections,
+            old.header_timeout,
+            old.max_header_bytes,
+        ) != (
+            new.max_connections,
+            new.header_timeout,
+            new.max_header_bytes,
+        ) {
+            tracing::warn!(
+                "server.max_connections / header_timeout / max_header_bytes changes take effect at restart"
+            );
+            config.server.limits = HttpLimits {
+                body_timeout: new.body_timeout,
+                ..old
+            };
         }
         let limiter = if same_store(&current.config, &config) {
             current.limiter.clone()

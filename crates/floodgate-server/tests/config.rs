@@ -91,7 +91,7 @@ const BAD: &[(&str, &str)] = &[
     ),
     (
         "unknown_key.toml",
-        "bad/unknown_key.toml: server.https: line 2: unknown field `https`, expected one of `http`, `grpc`, `admin_token`",
+        "bad/unknown_key.toml: server.https: line 2: unknown field `https`, expected one of `http`, `grpc`, `admin_token`, `max_connections`, `header_timeout`, `body_timeout`, `max_header_bytes`",
     ),
     (
         "unknown_section.toml",
@@ -107,7 +107,7 @@ const BAD: &[(&str, &str)] = &[
     ),
     (
         "zero_timeout.toml",
-        "bad/zero_timeout.toml: store.timeout: must be above 0 and at most 60s, got '0ms'",
+        "bad/zero_timeout.toml: store.timeout: must be above 0 and at most 1m, got '0ms'",
     ),
 ];
 

@@ -493,6 +493,19 @@ async fn should_rate_limit_on_the_memory_store() {
         .unwrap_err();
     assert_eq!(error.code(), tonic::Code::InvalidArgument);
 
+    // A request over 64 KiB is refused before it is decoded; service goes on.
+    let huge = "v".repeat(70_000);
+    let error = c
+        .should_rate_limit(RateLimitRequest {
+            domain: "test-domain".into(),
+            descriptors: vec![descriptor(&[("key3", huge.as_str())])],
+            hits_addend: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), tonic::Code::OutOfRange, "{error:?}");
+    assert_eq!(code(&one(c, "test-domain", &[("key3", "after")], 0).await), Code::Ok);
+
     // Unknown domain: OK without limits. Bad requests: INVALID_ARGUMENT.
     let response = ask(c, "no-such-domain", vec![descriptor(&[("a", "b")])], 0).await;
     assert_eq!(response.overall_code, Code::Ok as i32);
