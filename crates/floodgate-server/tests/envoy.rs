@@ -504,7 +504,10 @@ async fn should_rate_limit_on_the_memory_store() {
         .await
         .unwrap_err();
     assert_eq!(error.code(), tonic::Code::OutOfRange, "{error:?}");
-    assert_eq!(code(&one(c, "test-domain", &[("key3", "after")], 0).await), Code::Ok);
+    assert_eq!(
+        code(&one(c, "test-domain", &[("key3", "after")], 0).await),
+        Code::Ok
+    );
 
     // Unknown domain: OK without limits. Bad requests: INVALID_ARGUMENT.
     let response = ask(c, "no-such-domain", vec![descriptor(&[("a", "b")])], 0).await;

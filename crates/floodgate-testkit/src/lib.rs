@@ -6,7 +6,9 @@
 //! the Redis store has a test-only clock override).
 
 pub mod conformance;
+pub mod history;
 pub mod model;
+pub mod proxy;
 pub mod redis_server;
 pub mod window;
 
