@@ -624,6 +624,46 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(1024)
+        ))]
+
+        /// Property version of the `redis_reply` fuzz target: whatever Redis (or something
+        /// pretending to be it) replies, parsing gives a decision or an error, never a panic,
+        /// and every field of an accepted decision can be read.
+        #[test]
+        fn any_reply_is_a_decision_or_an_error(
+            reply in proptest::collection::vec(
+                proptest::prop_oneof![0i64..3, proptest::num::i64::ANY, 0i64..2_000_000],
+                0..7,
+            ),
+            limits in proptest::collection::vec((1u64..1_000_000, 1u64..100), 1..4),
+        ) {
+            let rates: Vec<Rate> = limits.iter().map(|&(t, b)| Rate::new(t, b)).collect();
+            if let Ok((decision, ahead)) = parse_reply(&reply, &rates) {
+                proptest::prop_assert_eq!(ahead.len(), rates.len());
+                proptest::prop_assert!(decision.decided_by() < rates.len());
+                let _ = (
+                    decision.remaining(),
+                    decision.retry_after(),
+                    decision.reset_after(),
+                    decision.next_token_after(),
+                    decision.limit(),
+                );
+                // The deny cache takes the same values: recording and consulting them stays
+                // panic-free even at the end of the clock's range.
+                let cache = crate::cache::DenyCache::new(16).unwrap();
+                let policy = floodgate::Policy::parse("p", "1/s").unwrap();
+                for now in [0, 1_000_000, u64::MAX - 5] {
+                    cache.record(&policy, "k", &rates, now, &ahead);
+                    let _ = cache.deny(&policy, "k", &rates, now.saturating_add(1), floodgate::gcra::Op::Acquire(1));
+                }
+            }
+            let _ = flatten(redis::Value::Array(reply.iter().map(|&v| redis::Value::Int(v)).collect()));
+        }
+    }
+
     #[test]
     fn replies_of_the_wrong_shape_are_errors() {
         let rates = [Rate::new(200_000, 10)];

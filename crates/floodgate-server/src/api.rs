@@ -12,14 +12,13 @@ use axum::routing::{get, post};
 use floodgate::{Clock, Decision, DecisionSource, Error, Store};
 use floodgate_tower::headers::ceil_secs;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
-use serde::Deserialize;
 
+use crate::request;
 use crate::runtime::{Runtime, ServedPolicy, Shared};
 
 /// The largest request body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
-/// The longest key accepted, in bytes.
-pub const MAX_KEY: usize = 1024;
+pub use crate::request::MAX_KEY;
 
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
@@ -32,25 +31,6 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .with_state(shared)
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DecideBody<'a> {
-    #[serde(borrow)]
-    policy: std::borrow::Cow<'a, str>,
-    #[serde(borrow)]
-    key: std::borrow::Cow<'a, str>,
-    cost: Option<u64>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ResetBody<'a> {
-    #[serde(borrow)]
-    policy: std::borrow::Cow<'a, str>,
-    #[serde(borrow)]
-    key: std::borrow::Cow<'a, str>,
 }
 
 /// An `application/problem+json` response.
@@ -174,30 +154,9 @@ fn parse_decide<'a>(
     shared: &Shared,
     runtime: &'a Runtime,
     body: &'a [u8],
-) -> Result<(&'a ServedPolicy, DecideBody<'a>, u32), Response> {
-    let request: DecideBody<'_> = serde_json::from_slice(body)
-        .map_err(|e| bad_request(shared, &format!("invalid request body: {e}")))?;
-    if request.key.is_empty() || request.key.len() > MAX_KEY {
-        return Err(bad_request(
-            shared,
-            &format!(
-                "key must be 1 to {MAX_KEY} bytes, got {}",
-                request.key.len()
-            ),
-        ));
-    }
-    let cost = match request.cost {
-        None => 1,
-        Some(cost) => match u32::try_from(cost) {
-            Ok(cost) if cost >= 1 => cost,
-            _ => {
-                return Err(bad_request(
-                    shared,
-                    &format!("cost must be an integer from 1 to {}, got {cost}", u32::MAX),
-                ));
-            }
-        },
-    };
+) -> Result<(&'a ServedPolicy, request::Decide<'a>, u32), Response> {
+    let request = request::decide(body).map_err(|detail| bad_request(shared, &detail))?;
+    let cost = request.cost;
     let Some(served) = runtime.policies.get(request.policy.as_ref()) else {
         shared.metrics.bad_request();
         return Err(problem(
@@ -386,19 +345,10 @@ async fn reset(State(shared): State<Arc<Shared>>, request: axum::extract::Reques
         Ok(body) => body,
         Err(response) => return response,
     };
-    let request: ResetBody<'_> = match serde_json::from_slice(&body) {
+    let request = match request::reset(&body) {
         Ok(request) => request,
-        Err(e) => return bad_request(&shared, &format!("invalid request body: {e}")),
+        Err(detail) => return bad_request(&shared, &detail),
     };
-    if request.key.is_empty() || request.key.len() > MAX_KEY {
-        return bad_request(
-            &shared,
-            &format!(
-                "key must be 1 to {MAX_KEY} bytes, got {}",
-                request.key.len()
-            ),
-        );
-    }
     let Some(served) = runtime.policies.get(request.policy.as_ref()) else {
         shared.metrics.bad_request();
         return problem(

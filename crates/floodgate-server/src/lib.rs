@@ -31,6 +31,7 @@ mod api;
 pub mod config;
 pub mod envoy;
 mod listener;
+pub mod request;
 pub mod metrics;
 mod rls;
 mod runtime;

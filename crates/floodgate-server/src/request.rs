@@ -1,0 +1,90 @@
+//! The HTTP API's request bodies, parsed and validated without touching any state (so they
+//! can be fuzzed and property-tested on their own).
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+
+/// The longest key accepted, in bytes.
+pub const MAX_KEY: usize = 1024;
+
+/// A `/v1/check` or `/v1/peek` body.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Decide<'a> {
+    /// The policy's name (not yet looked up).
+    pub policy: Cow<'a, str>,
+    /// The key: 1 to [`MAX_KEY`] bytes.
+    pub key: Cow<'a, str>,
+    /// The cost: 1 to 2³²−1 (1 when absent).
+    pub cost: u32,
+}
+
+/// A `/v1/reset` body.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Reset<'a> {
+    /// The policy's name (not yet looked up).
+    pub policy: Cow<'a, str>,
+    /// The key: 1 to [`MAX_KEY`] bytes.
+    pub key: Cow<'a, str>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDecide<'a> {
+    #[serde(borrow)]
+    policy: Cow<'a, str>,
+    #[serde(borrow)]
+    key: Cow<'a, str>,
+    cost: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReset<'a> {
+    #[serde(borrow)]
+    policy: Cow<'a, str>,
+    #[serde(borrow)]
+    key: Cow<'a, str>,
+}
+
+fn check_key(key: &str) -> Result<(), String> {
+    if key.is_empty() || key.len() > MAX_KEY {
+        return Err(format!("key must be 1 to {MAX_KEY} bytes, got {}", key.len()));
+    }
+    Ok(())
+}
+
+/// Parses a check/peek body; the error is the problem's detail (a `400`).
+pub fn decide(body: &[u8]) -> Result<Decide<'_>, String> {
+    let raw: RawDecide<'_> =
+        serde_json::from_slice(body).map_err(|e| format!("invalid request body: {e}"))?;
+    check_key(&raw.key)?;
+    let cost = match raw.cost {
+        None => 1,
+        Some(cost) => match u32::try_from(cost) {
+            Ok(cost) if cost >= 1 => cost,
+            _ => {
+                return Err(format!(
+                    "cost must be an integer from 1 to {}, got {cost}",
+                    u32::MAX
+                ));
+            }
+        },
+    };
+    Ok(Decide {
+        policy: raw.policy,
+        key: raw.key,
+        cost,
+    })
+}
+
+/// Parses a reset body; the error is the problem's detail (a `400`).
+pub fn reset(body: &[u8]) -> Result<Reset<'_>, String> {
+    let raw: RawReset<'_> =
+        serde_json::from_slice(body).map_err(|e| format!("invalid request body: {e}"))?;
+    check_key(&raw.key)?;
+    Ok(Reset {
+        policy: raw.policy,
+        key: raw.key,
+    })
+}
