@@ -43,6 +43,10 @@ mod keys;
 mod store;
 
 pub use failure::FailurePolicy;
+
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub use store::{RedisStore, RedisStoreBuilder};
 
 /// The README's examples (core and Redis), compiled and run as doctests.

@@ -302,11 +302,16 @@ impl<C: Clock> RedisStore<C> {
                 if let Some(denied) =
                     cache.deny(policy, key, &rates, self.local_micros(), cached_op)
                 {
+                    // Answered without I/O: still give way when the task's budget is spent,
+                    // so a task looping over cached denials cannot starve the connection
+                    // driver (and every other task's Redis replies) on its worker.
+                    tokio::task::consume_budget().await;
                     return Ok(denied);
                 }
             }
         }
         if let Gate::Open(wait) = self.breaker.gate() {
+            tokio::task::consume_budget().await;
             let error = store_error(format!(
                 "{}: skipped while Redis is failing (circuit open)",
                 self.url
@@ -424,7 +429,7 @@ fn flatten(reply: redis::Value) -> Vec<i64> {
 
 /// The decision in a script reply (`{allowed, denied_by, retry_after, ahead_1..n}`), and
 /// each limit's TAT ahead of the decision time (µs).
-fn parse_reply(reply: &[i64], rates: &[Rate]) -> Result<(Decision, Vec<u64>), Error> {
+pub(crate) fn parse_reply(reply: &[i64], rates: &[Rate]) -> Result<(Decision, Vec<u64>), Error> {
     let bad = || {
         store_error(format!(
             "unexpected reply from the decision script: {reply:?}"

@@ -107,3 +107,59 @@ async fn the_cache_stays_within_its_capacity() {
         "{cached} answers from a cache of 64"
     );
 }
+
+/// Cached denials need no I/O, yet a task looping over them must still give way: on a
+/// single-threaded runtime another task's Redis call completes while the loop runs.
+#[test]
+fn a_task_looping_over_cached_denials_does_not_starve_others() {
+    let server = RedisServer::start();
+    let url = server.url();
+    // A starved runtime never returns: watch it from here.
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        starve_attempt(&url);
+        let _ = done.send(());
+    });
+    finished
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the looping task starved the other one");
+}
+
+fn starve_attempt(url: &str) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let limiter =
+            std::sync::Arc::new(RateLimiter::new(RedisStore::connect(url).await.unwrap()));
+        let policy = Policy::parse("api", "1/hour").unwrap();
+        limiter.check(&policy, "attacker").await.unwrap();
+        assert!(
+            !limiter
+                .check(&policy, "attacker")
+                .await
+                .unwrap()
+                .is_allowed()
+        );
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let spinner = {
+            let (limiter, policy, stop) = (limiter.clone(), policy.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut hits = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let d = limiter.check(&policy, "attacker").await.unwrap();
+                    assert!(!d.is_allowed());
+                    hits += 1;
+                }
+                hits
+            })
+        };
+        tokio::task::yield_now().await;
+        let other = limiter.check(&policy, "someone-else").await.unwrap();
+        assert!(other.is_allowed());
+        assert_eq!(other.source(), floodgate::DecisionSource::Store);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(spinner.await.unwrap() > 0);
+    });
+}

@@ -31,8 +31,8 @@ mod api;
 pub mod config;
 pub mod envoy;
 mod listener;
-pub mod request;
 pub mod metrics;
+pub mod request;
 mod rls;
 mod runtime;
 

@@ -49,7 +49,10 @@ struct RawReset<'a> {
 
 fn check_key(key: &str) -> Result<(), String> {
     if key.is_empty() || key.len() > MAX_KEY {
-        return Err(format!("key must be 1 to {MAX_KEY} bytes, got {}", key.len()));
+        return Err(format!(
+            "key must be 1 to {MAX_KEY} bytes, got {}",
+            key.len()
+        ));
     }
     Ok(())
 }

@@ -11,10 +11,29 @@ use proptest::prelude::*;
 
 /// Near-valid TOML: known sections and keys with plausible and implausible values.
 fn toml_text() -> impl Strategy<Value = String> {
-    let section = prop::sample::select(vec!["[server]", "[store]", "[policies]", "[envoy]", "[nope]", ""]);
+    let section = prop::sample::select(vec![
+        "[server]",
+        "[store]",
+        "[policies]",
+        "[envoy]",
+        "[nope]",
+        "",
+    ]);
     let key = prop::sample::select(vec![
-        "http", "grpc", "admin_token", "url", "max_keys", "on_error", "local_share", "timeout",
-        "free", "\"a b\"", "config_dir", "max_connections", "header_timeout", "limits",
+        "http",
+        "grpc",
+        "admin_token",
+        "url",
+        "max_keys",
+        "on_error",
+        "local_share",
+        "timeout",
+        "free",
+        "\"a b\"",
+        "config_dir",
+        "max_connections",
+        "header_timeout",
+        "limits",
     ]);
     let value = prop_oneof![
         Just("\"127.0.0.1:0\"".to_owned()),
@@ -38,12 +57,33 @@ fn toml_text() -> impl Strategy<Value = String> {
 /// Near-valid envoyproxy/ratelimit YAML.
 fn yaml_text() -> impl Strategy<Value = String> {
     let line = prop::sample::select(vec![
-        "domain: d", "domain: \"\"", "descriptors:", "  - key: k", "  - key: k2", "    value: v",
-        "    value: \"a*b\"", "    rate_limit:", "      unit: second", "      unit: fortnight",
-        "      requests_per_unit: 5", "      requests_per_unit: 0", "      unlimited: true",
-        "      unit_multiplier: 0", "      burst: 3", "      name: n", "      replaces:",
-        "        - name: n", "        - name: m", "    shadow_mode: true", "    share_threshold: true",
-        "    descriptors:", "      - key: s", "    metadata: { a: 1 }", "- a", "0.25: x", ": :",
+        "domain: d",
+        "domain: \"\"",
+        "descriptors:",
+        "  - key: k",
+        "  - key: k2",
+        "    value: v",
+        "    value: \"a*b\"",
+        "    rate_limit:",
+        "      unit: second",
+        "      unit: fortnight",
+        "      requests_per_unit: 5",
+        "      requests_per_unit: 0",
+        "      unlimited: true",
+        "      unit_multiplier: 0",
+        "      burst: 3",
+        "      name: n",
+        "      replaces:",
+        "        - name: n",
+        "        - name: m",
+        "    shadow_mode: true",
+        "    share_threshold: true",
+        "    descriptors:",
+        "      - key: s",
+        "    metadata: { a: 1 }",
+        "- a",
+        "0.25: x",
+        ": :",
     ]);
     prop::collection::vec(line, 0..16).prop_map(|lines| lines.join("\n"))
 }

@@ -10,6 +10,7 @@ pub mod history;
 pub mod model;
 pub mod proxy;
 pub mod redis_server;
+pub mod soak;
 pub mod window;
 
 use std::future::Future;

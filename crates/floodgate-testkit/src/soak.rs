@@ -1,0 +1,134 @@
+//! Soak runs: a steady load over a stable key set for a bounded time, sampled every interval,
+//! checked for the two ways a long-running limiter degrades — memory that keeps growing
+//! once the key set is stable, and throughput that decays.
+//!
+//! The default test command runs short soaks; `FLOODGATE_SOAK_SECS` makes them long (for
+//! example `FLOODGATE_SOAK_SECS=600` for ten minutes).
+
+use std::time::Duration;
+
+/// One sample of a soak run.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sample {
+    /// Decisions per second over the interval.
+    pub rate: f64,
+    /// The memory being watched (process RSS, Redis `used_memory`, …), in bytes.
+    pub memory: u64,
+}
+
+/// The length of a soak: `FLOODGATE_SOAK_SECS`, else `default`.
+pub fn duration(default: Duration) -> Duration {
+    std::env::var("FLOODGATE_SOAK_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(default, Duration::from_secs)
+}
+
+/// This process's resident memory in bytes (Linux; `None` elsewhere).
+pub fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+/// What a soak run showed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Verdict {
+    /// Memory at the end of the warm-up (the first third of the samples).
+    pub memory_after_warmup: u64,
+    /// The most memory seen after the warm-up.
+    pub memory_peak: u64,
+    /// Median decisions per second in the second third of the samples.
+    pub early_rate: f64,
+    /// Median decisions per second in the last third.
+    pub late_rate: f64,
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "memory {:.1} MB after warm-up, peak {:.1} MB; {:.0} decisions/s early, {:.0} late",
+            self.memory_after_warmup as f64 / 1e6,
+            self.memory_peak as f64 / 1e6,
+            self.early_rate,
+            self.late_rate
+        )
+    }
+}
+
+/// Judges samples taken at equal intervals: after the first third (warm-up: the key set
+/// fills), memory may grow by at most `memory_slack` of its warm-up level plus 4 MB, and the
+/// late median rate must be at least `min_rate_ratio` of the early one. Returns the verdict,
+/// or why the run failed.
+pub fn judge(
+    samples: &[Sample],
+    memory_slack: f64,
+    min_rate_ratio: f64,
+) -> Result<Verdict, String> {
+    if samples.len() < 6 {
+        return Err(format!("{} samples: too short to judge", samples.len()));
+    }
+    let third = samples.len() / 3;
+    let verdict = Verdict {
+        memory_after_warmup: samples[third - 1].memory,
+        memory_peak: samples[third..].iter().map(|s| s.memory).max().unwrap_or(0),
+        early_rate: median(samples[third..2 * third].iter().map(|s| s.rate).collect()),
+        late_rate: median(samples[2 * third..].iter().map(|s| s.rate).collect()),
+    };
+    let allowed = verdict.memory_after_warmup as f64 * (1.0 + memory_slack) + 4e6;
+    if verdict.memory_peak as f64 > allowed {
+        return Err(format!("memory kept growing: {verdict}"));
+    }
+    if verdict.late_rate < verdict.early_rate * min_rate_ratio {
+        return Err(format!("throughput decayed: {verdict}"));
+    }
+    Ok(verdict)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn samples(memory: impl Fn(usize) -> u64, rate: impl Fn(usize) -> f64) -> Vec<Sample> {
+        (0..9)
+            .map(|i| Sample {
+                rate: rate(i),
+                memory: memory(i),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn flat_runs_pass_and_leaks_or_decay_fail() {
+        let flat = samples(
+            |i| {
+                if i < 3 {
+                    10_000_000 * (i as u64 + 1)
+                } else {
+                    30_000_000
+                }
+            },
+            |_| 1e6,
+        );
+        assert!(judge(&flat, 0.1, 0.5).is_ok());
+        let leak = samples(|i| 10_000_000 * (i as u64 + 1), |_| 1e6);
+        assert!(
+            judge(&leak, 0.1, 0.5)
+                .unwrap_err()
+                .contains("memory kept growing")
+        );
+        let decay = samples(|_| 30_000_000, |i| 1e6 / f64::from(1u32 << i));
+        assert!(
+            judge(&decay, 0.1, 0.5)
+                .unwrap_err()
+                .contains("throughput decayed")
+        );
+        assert!(judge(&flat[..3], 0.1, 0.5).is_err());
+    }
+}

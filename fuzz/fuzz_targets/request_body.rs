@@ -1,0 +1,15 @@
+//! HTTP API bodies: parsed or refused; whatever is accepted meets the key and cost rules.
+#![no_main]
+
+use floodgate_server::request::{self, MAX_KEY};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|body: &[u8]| {
+    if let Ok(decide) = request::decide(body) {
+        assert!(!decide.key.is_empty() && decide.key.len() <= MAX_KEY);
+        assert!(decide.cost >= 1);
+    }
+    if let Ok(reset) = request::reset(body) {
+        assert!(!reset.key.is_empty() && reset.key.len() <= MAX_KEY);
+    }
+});
