@@ -3,8 +3,9 @@
 //!
 //! Only errors that prove a request did *not* run are retried: NOSCRIPT (the script was not
 //! in the cache: load it, run again), MOVED (the slot lives elsewhere: the slot map is
-//! refreshed, run again) and ASK (the slot is migrating: run once on the named node after
-//! `ASKING`). Anything whose outcome is unknown — a timeout, a connection lost after sending —
+//! refreshed, run again), ASK (the slot is migrating: run once on the named node after
+//! `ASKING`) and READONLY (the node became a replica in a failover and refused the first
+//! write — a replica writes nothing: the slot map is refreshed, run again). Anything whose outcome is unknown — a timeout, a connection lost after sending —
 //! is returned to the caller, never replayed. The Cluster client's own retries are turned
 //! off for that reason.
 
@@ -82,6 +83,10 @@ impl Connection {
                         result => return result,
                     };
                     redirects += 1;
+                    let error = match stale_replica(error, &mut connection, keys).await {
+                        Ok(()) => continue,
+                        Err(error) => error,
+                    };
                     match redirect(error)? {
                         // MOVED: not run, and the client has refreshed its slot map.
                         None => continue,
@@ -110,6 +115,21 @@ impl Connection {
                         result => return result,
                     };
                     redirects += 1;
+                    let keys: Vec<String> = command
+                        .args_iter()
+                        .skip(1)
+                        .take(1)
+                        .filter_map(|arg| match arg {
+                            redis::Arg::Simple(bytes) => {
+                                Some(String::from_utf8_lossy(bytes).into_owned())
+                            }
+                            _ => None,
+                        })
+                        .collect();
+                    let error = match stale_replica(error, &mut connection, &keys).await {
+                        Ok(()) => continue,
+                        Err(error) => error,
+                    };
                     if let Some(node) = redirect(error)? {
                         let mut pipe = redis::pipe();
                         pipe.cmd("ASKING").add_command(command.clone());
@@ -156,6 +176,30 @@ fn redirect(error: RedisError) -> RedisResult<Option<SingleNodeRoutingInfo>> {
         },
         _ => Err(error),
     }
+}
+
+/// After a failover the client may still send a slot's writes to its former master, now a
+/// replica, which runs the script but refuses its first write with READONLY (a replica
+/// writes nothing). A plain write command routed the same way draws a MOVED instead, which
+/// makes the client rebuild its slot map; then the request can go again. The probe deletes
+/// a key of the same slot that floodgate never creates (`…:probe`), so even on a master it
+/// changes nothing. Any other error is returned as is.
+async fn stale_replica(
+    error: RedisError,
+    connection: &mut ClusterConnection,
+    keys: &[String],
+) -> Result<(), RedisError> {
+    if error.kind() != redis::ErrorKind::Server(ServerErrorKind::ReadOnly) {
+        return Err(error);
+    }
+    let Some(key) = keys.first() else {
+        return Err(error);
+    };
+    let _ = redis::cmd("DEL")
+        .arg(format!("{key}:probe"))
+        .query_async::<Value>(connection)
+        .await;
+    Ok(())
 }
 
 /// `host:port` of the node an ASK or MOVED error names.

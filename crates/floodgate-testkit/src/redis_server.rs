@@ -130,7 +130,8 @@ impl RedisServer {
         String::from_utf8_lossy(&output.stdout).trim().to_owned()
     }
 
-    fn ping(&self) -> bool {
+    /// Whether the server answers `PING` (false once killed).
+    pub fn ping(&self) -> bool {
         let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
             return false;
         };
@@ -171,13 +172,25 @@ impl RedisCluster {
     /// Starts `masters` (≥ 3) cluster-enabled servers and joins them with
     /// `redis-cli --cluster create`; waits until the cluster reports `cluster_state:ok`.
     pub fn start(masters: usize) -> Self {
-        let nodes: Vec<RedisServer> = (0..masters)
+        Self::create(masters, 0, 5_000)
+    }
+
+    /// Starts `masters` masters with one replica each, and a node timeout of
+    /// `node_timeout_ms` (how long a master may be silent before its replica takes over);
+    /// waits until the cluster is `ok` and every replica is in sync.
+    pub fn start_with_replicas(masters: usize, node_timeout_ms: u32) -> Self {
+        Self::create(masters, 1, node_timeout_ms)
+    }
+
+    fn create(masters: usize, replicas: usize, node_timeout_ms: u32) -> Self {
+        let timeout = node_timeout_ms.to_string();
+        let nodes: Vec<RedisServer> = (0..masters * (1 + replicas))
             .map(|_| {
                 RedisServer::start_with(&[
                     "--cluster-enabled",
                     "yes",
                     "--cluster-node-timeout",
-                    "5000",
+                    &timeout,
                 ])
             })
             .collect();
@@ -188,7 +201,7 @@ impl RedisCluster {
         let output = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&addresses)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .unwrap_or_else(|e| panic!("cannot run redis-cli --cluster create: {e}"));
         assert!(
@@ -197,10 +210,27 @@ impl RedisCluster {
             String::from_utf8_lossy(&output.stdout)
         );
         let cluster = RedisCluster { nodes };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !cluster
+        cluster.wait_until_ok(Duration::from_secs(30));
+        if replicas > 0 {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !cluster.nodes.iter().all(|n| {
+                let info = n.cli(&["INFO", "replication"]);
+                info.contains("role:master") || info.contains("master_link_status:up")
+            }) {
+                assert!(Instant::now() < deadline, "the replicas did not sync");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        cluster
+    }
+
+    /// Waits until every live node reports `cluster_state:ok`. Panics after `timeout`.
+    pub fn wait_until_ok(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self
             .nodes
             .iter()
+            .filter(|n| n.ping())
             .all(|n| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
         {
             assert!(
@@ -209,7 +239,34 @@ impl RedisCluster {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        cluster
+    }
+
+    /// Node `i`, to kill or restart.
+    pub fn node_mut(&mut self, i: usize) -> &mut RedisServer {
+        &mut self.nodes[i]
+    }
+
+    /// The index of the live master serving `slot` now.
+    pub fn master_for_slot(&self, slot: u16) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.ping() && n.is_master() && n.owns(slot))
+            .unwrap_or_else(|| panic!("no live master owns slot {slot}"))
+    }
+
+    /// The index of a live replica of node `master`.
+    pub fn replica_of(&self, master: usize) -> usize {
+        let id = self.nodes[master].node_id();
+        self.nodes
+            .iter()
+            .position(|n| {
+                n.ping()
+                    && n.cli(&["INFO", "replication"]).contains("role:slave")
+                    && n.cli(&["CLUSTER", "NODES"])
+                        .lines()
+                        .any(|l| l.contains("myself") && l.contains(&id))
+            })
+            .unwrap_or_else(|| panic!("node {master} has no live replica"))
     }
 
     /// `redis+cluster://127.0.0.1:p1,127.0.0.1:p2,…`.
@@ -240,6 +297,19 @@ impl RedisServer {
     /// This node's Cluster id.
     pub fn node_id(&self) -> String {
         self.cli(&["CLUSTER", "MYID"])
+    }
+
+    /// Whether this node is a master.
+    pub fn is_master(&self) -> bool {
+        self.cli(&["INFO", "replication"]).contains("role:master")
+    }
+
+    /// The Cluster slot of `key`.
+    pub fn key_slot(&self, key: &str) -> u16 {
+        self.cli(&["CLUSTER", "KEYSLOT", key])
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("CLUSTER KEYSLOT {key}: {e}"))
     }
 
     /// Whether this Cluster node serves `slot`.
