@@ -77,20 +77,34 @@ impl Connection {
             Connection::Cluster(connection) => {
                 let mut connection = connection.clone();
                 let mut redirects = 0;
+                // Where the last redirect pointed, and whether it was an ASK.
+                let mut target: Option<(SingleNodeRoutingInfo, bool)> = None;
                 loop {
-                    let error = match invocation.invoke_async(&mut connection).await {
+                    let result = match &target {
+                        None => invocation.invoke_async(&mut connection).await,
+                        Some((node, asking)) => {
+                            direct(&mut connection, node.clone(), *asking, script, keys, args).await
+                        }
+                    };
+                    let error = match result {
                         Err(error) if redirects < MAX_REDIRECTS => error,
                         result => return result,
                     };
                     redirects += 1;
                     let error = match stale_replica(error, &mut connection, keys).await {
-                        Ok(()) => continue,
+                        Ok(()) => {
+                            target = None;
+                            continue;
+                        }
                         Err(error) => error,
                     };
-                    match redirect(error)? {
-                        // MOVED: not run, and the client has refreshed its slot map.
-                        None => continue,
-                        Some(node) => return ask(&mut connection, node, script, keys, args).await,
+                    // MOVED: not run; the client refreshes its slot map, then the request
+                    // goes again. ASK: run once on the named node after ASKING.
+                    target = redirect(error)?.map(|node| (node, true));
+                    if target.is_none() {
+                        // MOVED: the slot map is being rebuilt; while a migration or a
+                        // failover settles, nodes may disagree for a moment.
+                        tokio::time::sleep(Duration::from_millis(5 * redirects as u64)).await;
                     }
                 }
             }
@@ -164,9 +178,9 @@ fn client(url: &str, _root_certificate: Option<&[u8]>) -> RedisResult<redis::Cli
     redis::Client::open(url)
 }
 
-/// What to do after a Cluster error: `Ok(None)` for MOVED (send again: the client has
-/// refreshed its slot map), `Ok(Some(node))` for ASK (send once to that node, after
-/// `ASKING`), the error itself for anything else.
+/// What to do after a Cluster error: `Ok(None)` for MOVED without a usable node (send
+/// again: the client has refreshed its slot map), `Ok(Some(node))` for ASK (send once to
+/// that node, after `ASKING`), the error itself for anything else.
 fn redirect(error: RedisError) -> RedisResult<Option<SingleNodeRoutingInfo>> {
     match error.kind() {
         redis::ErrorKind::Server(ServerErrorKind::Moved) => Ok(None),
@@ -212,28 +226,32 @@ fn node_of(error: &RedisError) -> Option<SingleNodeRoutingInfo> {
     })
 }
 
-/// Runs the script once on the node importing the slot, after `ASKING` (loading it there
-/// first if that node's cache lacks it).
-async fn ask(
+/// Runs the script once on `node` — after `ASKING` when `asking` (the node is importing the
+/// slot) — loading it there first if that node's cache lacks it.
+async fn direct(
     connection: &mut ClusterConnection,
     node: SingleNodeRoutingInfo,
+    asking: bool,
     script: &Script,
     keys: &[String],
     args: &[i64],
 ) -> RedisResult<Value> {
     let evalsha = || {
         let mut pipe = redis::pipe();
-        pipe.cmd("ASKING")
-            .cmd("EVALSHA")
+        if asking {
+            pipe.cmd("ASKING");
+        }
+        pipe.cmd("EVALSHA")
             .arg(script.get_hash())
             .arg(keys.len())
             .arg(keys)
             .arg(args);
         pipe
     };
+    let skip = usize::from(asking);
     // The reply to EVALSHA only: skip the one to ASKING.
     let reply = connection
-        .route_pipeline(evalsha(), 1, 1, node.clone())
+        .route_pipeline(evalsha(), skip, 1, node.clone())
         .await
         .and_then(first);
     match reply {
@@ -247,7 +265,7 @@ async fn ask(
                 )
                 .await?;
             connection
-                .route_pipeline(evalsha(), 1, 1, node)
+                .route_pipeline(evalsha(), skip, 1, node)
                 .await
                 .and_then(first)
         }

@@ -392,11 +392,19 @@ fn timed_out() -> redis::RedisError {
 fn unavailable(error: &redis::RedisError) -> bool {
     error.is_io_error()
         || error.is_timeout()
+        // A Cluster node that went away (the client has no connection to it any more): the
+        // request was not sent.
+        || error.kind() == redis::ErrorKind::ClusterConnectionNotFound
+        || (error.kind() == redis::ErrorKind::Client
+            && error.to_string().contains("Requested connection not found"))
         || error.is_connection_dropped()
         || error.is_connection_refusal()
         || matches!(
             error.code(),
-            Some("LOADING" | "BUSY" | "MASTERDOWN" | "TRYAGAIN" | "CLUSTERDOWN" | "READONLY")
+            Some(
+                "LOADING" | "BUSY" | "MASTERDOWN" | "TRYAGAIN" | "CLUSTERDOWN" | "READONLY"
+                    | "MOVED" | "ASK"
+            )
         )
 }
 
