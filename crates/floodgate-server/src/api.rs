@@ -246,69 +246,68 @@ fn store_failure(shared: &Shared, error: &Error) -> Response {
 }
 
 async fn check(State(shared): State<Arc<Shared>>, request: axum::extract::Request) -> Response {
+    decide(&shared, request, Decide::Check).await
+}
+
+async fn peek(State(shared): State<Arc<Shared>>, request: axum::extract::Request) -> Response {
+    decide(&shared, request, Decide::Peek).await
+}
+
+/// What a decide request does.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Decide {
+    /// Check and consume (`/v1/check`).
+    Check,
+    /// Report the state, consuming nothing (`/v1/peek`).
+    Peek,
+}
+
+async fn decide(shared: &Shared, request: axum::extract::Request, op: Decide) -> Response {
     let (parts, body) = request.into_parts();
-    let body = match read_body(&shared, &parts.headers, body, body_timeout(&shared)).await {
+    let body = match read_body(shared, &parts.headers, body, body_timeout(shared)).await {
         Ok(body) => body,
         Err(response) => return response,
     };
     let runtime = shared.runtime.load();
-    let (served, request, cost) = match parse_decide(&shared, &runtime, &body) {
+    let (served, request, cost) = match parse_decide(shared, &runtime, &body) {
         Ok(parsed) => parsed,
         Err(response) => return response,
     };
     // The store's clock (a TSC read) times the call: cheaper than `Instant`.
     let clock = runtime.limiter.store().clock();
     let started = clock.now_nanos();
-    let result = runtime
-        .limiter
-        .check_n(&served.policy, &request.key, cost)
-        .await;
+    let result = match op {
+        Decide::Check => {
+            runtime
+                .limiter
+                .check_n(&served.policy, &request.key, cost)
+                .await
+        }
+        Decide::Peek => runtime.limiter.peek(&served.policy, &request.key).await,
+    };
     shared.metrics.store_latency(Duration::from_nanos(
         clock.now_nanos().saturating_sub(started),
     ));
-    match result {
-        Ok(decision) => {
-            served.counters.record(&decision, served.shadow);
-            tracing::debug!(policy = %served.policy.name(), key = %request.key, allowed = decision.is_allowed(), "check");
-            if decision.source() == DecisionSource::FailClosed {
-                return unavailable(
-                    decision.retry_after(),
-                    "the rate limit store is unavailable and this policy fails closed",
-                );
-            }
-            answer(served, &decision, decision.is_allowed())
-        }
-        Err(e) => store_failure(&shared, &e),
-    }
-}
-
-async fn peek(State(shared): State<Arc<Shared>>, request: axum::extract::Request) -> Response {
-    let (parts, body) = request.into_parts();
-    let body = match read_body(&shared, &parts.headers, body, body_timeout(&shared)).await {
-        Ok(body) => body,
-        Err(response) => return response,
+    let decision = match result {
+        Ok(decision) => decision,
+        Err(e) => return store_failure(shared, &e),
     };
-    let runtime = shared.runtime.load();
-    let (served, request, cost) = match parse_decide(&shared, &runtime, &body) {
-        Ok(parsed) => parsed,
-        Err(response) => return response,
-    };
-    let started = Instant::now();
-    let result = runtime.limiter.peek(&served.policy, &request.key).await;
-    shared.metrics.store_latency(started.elapsed());
-    match result {
-        Ok(decision) => {
-            if decision.source() == DecisionSource::FailClosed {
-                return unavailable(
-                    decision.retry_after(),
-                    "the rate limit store is unavailable and this policy fails closed",
-                );
-            }
-            let allowed = decision.is_allowed() && decision.remaining() >= u64::from(cost);
-            answer(served, &decision, allowed)
-        }
-        Err(e) => store_failure(&shared, &e),
+    if op == Decide::Check {
+        served.counters.record(&decision, served.shadow);
+        tracing::debug!(policy = %served.policy.name(), key = %request.key, allowed = decision.is_allowed(), "check");
     }
+    if decision.source() == DecisionSource::FailClosed {
+        return unavailable(
+            decision.retry_after(),
+            "the rate limit store is unavailable and this policy fails closed",
+        );
+    }
+    let allowed = match op {
+        Decide::Check => decision.is_allowed(),
+        // Would `cost` pass now?
+        Decide::Peek => decision.is_allowed() && decision.remaining() >= u64::from(cost),
+    };
+    answer(served, &decision, allowed)
 }
 
 async fn reset(State(shared): State<Arc<Shared>>, request: axum::extract::Request) -> Response {

@@ -141,44 +141,48 @@ impl Metrics {
         };
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
 
-        header(
+        let family =
+            |out: &mut String,
+             name: &str,
+             help: &str,
+             label: &str,
+             counters: &dyn Fn(&PolicyCounters) -> [(&'static str, u64); 3]| {
+                header(out, name, "counter", help);
+                for (policy, c) in &policies {
+                    for (value, count) in counters(c) {
+                        let _ = writeln!(
+                            out,
+                            "{name}{{policy=\"{policy}\",{label}=\"{value}\"}} {count}"
+                        );
+                    }
+                }
+            };
+        family(
             &mut out,
             "floodgate_decisions_total",
-            "counter",
             "Decisions by policy and outcome (shadow_denied: denied by a policy in shadow mode, answered allowed).",
+            "outcome",
+            &|c| {
+                [
+                    ("allowed", load(&c.allowed)),
+                    ("denied", load(&c.denied)),
+                    ("shadow_denied", load(&c.shadow_denied)),
+                ]
+            },
         );
-        for (name, c) in &policies {
-            for (outcome, counter) in [
-                ("allowed", &c.allowed),
-                ("denied", &c.denied),
-                ("shadow_denied", &c.shadow_denied),
-            ] {
-                let _ = writeln!(
-                    out,
-                    "floodgate_decisions_total{{policy=\"{name}\",outcome=\"{outcome}\"}} {}",
-                    load(counter)
-                );
-            }
-        }
-        header(
+        family(
             &mut out,
             "floodgate_fallback_decisions_total",
-            "counter",
             "Decisions made without the store, by policy and failure mode.",
+            "mode",
+            &|c| {
+                [
+                    ("fail_open", load(&c.fail_open)),
+                    ("fail_closed", load(&c.fail_closed)),
+                    ("local", load(&c.local)),
+                ]
+            },
         );
-        for (name, c) in &policies {
-            for (mode, counter) in [
-                ("fail_open", &c.fail_open),
-                ("fail_closed", &c.fail_closed),
-                ("local", &c.local),
-            ] {
-                let _ = writeln!(
-                    out,
-                    "floodgate_fallback_decisions_total{{policy=\"{name}\",mode=\"{mode}\"}} {}",
-                    load(counter)
-                );
-            }
-        }
         header(
             &mut out,
             "floodgate_deny_cache_hits_total",
