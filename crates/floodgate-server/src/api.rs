@@ -1,6 +1,7 @@
 //! The HTTP JSON API: `/v1/check`, `/v1/peek`, `/v1/reset`, `/v1/policies`, health and
 //! metrics. Errors are `application/problem+json`.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -82,12 +83,24 @@ async fn read_body(
     if declared.is_some_and(|n| n > MAX_BODY as u64) {
         return Err(too_large());
     }
-    let deadline = tokio::time::Instant::now() + body_timeout;
+    // The deadline starts when the body first keeps us waiting: a body that came with the
+    // headers (the usual small request) is read without arming a timer.
+    let started = tokio::time::Instant::now();
+    let deadline = started + body_timeout;
     let mut body = body;
     let mut first: Option<Bytes> = None;
     let mut rest: Option<bytes::BytesMut> = None;
     loop {
-        let Ok(frame) = tokio::time::timeout_at(deadline, body.frame()).await else {
+        let mut next = body.frame();
+        let ready = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(std::pin::Pin::new(&mut next).poll(cx))
+        })
+        .await;
+        let waited = match ready {
+            std::task::Poll::Ready(frame) => Ok(frame),
+            std::task::Poll::Pending => tokio::time::timeout_at(deadline, next).await,
+        };
+        let Ok(frame) = waited else {
             shared.metrics.bad_request();
             return Err(problem(
                 StatusCode::REQUEST_TIMEOUT,
