@@ -21,7 +21,8 @@ fn limit() -> Limit {
 /// `threads` threads for `run`, each alternating between the hot key and a cold one, a
 /// decision every ~50 µs (demand far above the 2 000/s rate, without starving the machine).
 /// Each decision is bracketed by `clock` reads; odd threads believe they are 50 ms ahead
-/// (only a store that trusts client clocks, like `TrustingClock`, notices).
+/// (only a store that trusts client clocks, like `TrustingClock`, notices) and start a
+/// quarter of the run late.
 fn drive<S: Store>(store: &S, clock: &MonotonicClock, threads: usize, run: Duration) -> Vec<Event> {
     let policy = Policy::new("p", [limit()]).unwrap();
     let events = Mutex::new(Vec::new());
@@ -30,6 +31,13 @@ fn drive<S: Store>(store: &S, clock: &MonotonicClock, threads: usize, run: Durat
             let (policy, events) = (&policy, &events);
             scope.spawn(move || {
                 SKEW.with(|s| s.set(if t % 2 == 1 { 50_000_000 } else { 0 }));
+                if t % 2 == 1 {
+                    // Honest clients use the buckets first: when a client whose clock runs
+                    // ahead joins, a trusting store hands it tokens the bucket does not
+                    // have (a store that trusted it from the start would just run on its
+                    // time).
+                    std::thread::sleep(run / 4);
+                }
                 let mut mine = Vec::new();
                 let end = Instant::now() + run;
                 let mut i: usize = t;
