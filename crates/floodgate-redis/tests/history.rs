@@ -3,7 +3,9 @@
 //! bracketed by Redis `TIME` reads on a direct connection; meanwhile the script cache is
 //! flushed, Redis is paused, and the network is cut, stalled and made to lose replies. Every
 //! window of every key must still respect `B + ⌊r·Δ⌋` (zero tolerance): faults may cost
-//! admissions (the failure policy here is fail-closed), never add any.
+//! admissions (the failure policy here is fail-closed), never add any. The run ends with
+//! Redis killed and restarted empty, which forgets every bucket: over the whole run each key
+//! may get one more burst, `2B + ⌊r·Δ⌋`, and no more.
 //!
 //! The worker processes are this test binary re-run with `history_worker`.
 //! `FLOODGATE_HISTORY_SECS` lengthens the run (default 4 s).
@@ -35,7 +37,7 @@ fn faults_never_cause_over_admission_in_any_window() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(4);
-    let server = RedisServer::start();
+    let mut server = RedisServer::start();
     let proxy = Proxy::start(([127, 0, 0, 1], server.port()).into());
     let start = redis_time_us(&server) + 1_000_000;
     let end = start + seconds * 1_000_000;
@@ -55,33 +57,41 @@ fn faults_never_cause_over_admission_in_any_window() {
         })
         .collect();
 
-    // The fault schedule, on the Redis clock, repeated every 2 s of the run.
-    let wait_until = |at: u64| {
-        while redis_time_us(&server) < at {
+    // The fault schedule, on the Redis clock, repeated every 2 s of the run; the last cycle
+    // ends with Redis killed and restarted empty (no persistence: every bucket is forgotten).
+    let wait_until = |server: &RedisServer, at: u64| {
+        while redis_time_us(server) < at {
             std::thread::sleep(Duration::from_millis(5));
         }
     };
     let mut faults = 0;
     let mut cycle = start;
+    let mut restarted_at = u64::MAX;
     while cycle + 2_000_000 <= end {
-        wait_until(cycle + 200_000);
+        wait_until(&server, cycle + 200_000);
         server.cli(&["SCRIPT", "FLUSH"]);
-        wait_until(cycle + 500_000);
+        wait_until(&server, cycle + 500_000);
         server.cli(&["CLIENT", "PAUSE", "250", "ALL"]);
-        wait_until(cycle + 900_000);
+        wait_until(&server, cycle + 900_000);
         proxy.set(Fault::Cut);
-        wait_until(cycle + 1_100_000);
+        wait_until(&server, cycle + 1_100_000);
         proxy.set(Fault::Pass);
-        wait_until(cycle + 1_300_000);
+        wait_until(&server, cycle + 1_300_000);
         proxy.set(Fault::Stall);
-        wait_until(cycle + 1_450_000);
+        wait_until(&server, cycle + 1_450_000);
         proxy.set(Fault::Pass);
-        wait_until(cycle + 1_600_000);
+        wait_until(&server, cycle + 1_600_000);
         proxy.set(Fault::LoseReplies);
-        wait_until(cycle + 1_650_000);
+        wait_until(&server, cycle + 1_650_000);
         proxy.set(Fault::Pass);
         faults += 5;
         cycle += 2_000_000;
+        if cycle + 2_000_000 > end {
+            wait_until(&server, cycle - 300_000);
+            restarted_at = redis_time_us(&server) * 1_000;
+            server.restart();
+            faults += 1;
+        }
     }
 
     let mut events = Vec::new();
@@ -102,10 +112,26 @@ fn faults_never_cause_over_admission_in_any_window() {
             }
         }
     }
-    let report = history::check(&limit(), &events).unwrap_or_else(|v| panic!("{v}"));
-    println!("{faults} faults injected; {fallbacks} fail-closed decisions; {report}");
+    // Until the restart: the real burst, zero tolerance.
+    let before: Vec<Event> = events
+        .iter()
+        .filter(|e| e.hi < restarted_at)
+        .cloned()
+        .collect();
+    let report = history::check(&limit(), &before).unwrap_or_else(|v| panic!("{v}"));
+    println!(
+        "{faults} faults injected; {fallbacks} fail-closed decisions; before the restart: {report}"
+    );
     assert!(report.decisions > 1_000, "{report}");
     assert!(fallbacks > 0, "the faults were felt");
+    // The restart forgets every bucket: at most one more burst per key over the whole run.
+    let forgetful = Limit::per_second(500).burst(20);
+    let report = history::check(&forgetful, &events).unwrap_or_else(|v| panic!("{v}"));
+    println!("whole run, restart included: {report}");
+    assert!(
+        events.iter().any(|e| e.lo > restarted_at),
+        "service returned after the restart"
+    );
     let (admitted, floor) = history::saturation(&limit(), &events, "hot");
     println!("hot key: {admitted} admitted; {floor} had nothing failed");
 }
@@ -122,9 +148,10 @@ async fn history_worker() {
     let direct = spec.next().unwrap().to_owned();
     let start: u64 = spec.next().unwrap().parse().unwrap();
     let end: u64 = spec.next().unwrap().parse().unwrap();
+    // The clock's connection must outlive the restart: a connection manager reconnects.
     let clock = redis::Client::open(direct.as_str())
         .unwrap()
-        .get_multiplexed_async_connection()
+        .get_connection_manager()
         .await
         .unwrap();
     let limiter = std::sync::Arc::new(RateLimiter::new(
@@ -189,8 +216,15 @@ async fn history_worker() {
     println!("FALLBACK {fallbacks}");
 }
 
-/// The Redis server's clock, in microseconds.
-async fn now_us(connection: &mut redis::aio::MultiplexedConnection) -> u64 {
-    let (seconds, micros): (u64, u64) = redis::cmd("TIME").query_async(connection).await.unwrap();
-    seconds * 1_000_000 + micros
+/// The Redis server's clock, in microseconds (waiting out a restart).
+async fn now_us(connection: &mut redis::aio::ConnectionManager) -> u64 {
+    loop {
+        match redis::cmd("TIME")
+            .query_async::<(u64, u64)>(connection)
+            .await
+        {
+            Ok((seconds, micros)) => return seconds * 1_000_000 + micros,
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
 }
