@@ -62,6 +62,7 @@ fn main() -> ExitCode {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
@@ -122,6 +123,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             }
         };
         let http = server.http_addr();
+        tracing::info!(%http, grpc = %server.grpc_addr(), "listening");
         let mut banner = format!(
             "floodgate listening: HTTP on http://{http}, Envoy RLS gRPC on {}\n",
             server.grpc_addr()
