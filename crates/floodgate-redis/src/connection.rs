@@ -77,14 +77,12 @@ impl Connection {
             Connection::Cluster(connection) => {
                 let mut connection = connection.clone();
                 let mut redirects = 0;
-                // Where the last redirect pointed, and whether it was an ASK.
-                let mut target: Option<(SingleNodeRoutingInfo, bool)> = None;
+                // The node the last ASK named: the next attempt goes there, once.
+                let mut target: Option<SingleNodeRoutingInfo> = None;
                 loop {
                     let result = match &target {
                         None => invocation.invoke_async(&mut connection).await,
-                        Some((node, asking)) => {
-                            direct(&mut connection, node.clone(), *asking, script, keys, args).await
-                        }
+                        Some(node) => ask(&mut connection, node.clone(), script, keys, args).await,
                     };
                     let error = match result {
                         Err(error) if redirects < MAX_REDIRECTS => error,
@@ -100,7 +98,7 @@ impl Connection {
                     };
                     // MOVED: not run; the client refreshes its slot map, then the request
                     // goes again. ASK: run once on the named node after ASKING.
-                    target = redirect(error)?.map(|node| (node, true));
+                    target = redirect(error)?;
                     if target.is_none() {
                         // MOVED: the slot map is being rebuilt; while a migration or a
                         // failover settles, nodes may disagree for a moment.
@@ -129,21 +127,6 @@ impl Connection {
                         result => return result,
                     };
                     redirects += 1;
-                    let keys: Vec<String> = command
-                        .args_iter()
-                        .skip(1)
-                        .take(1)
-                        .filter_map(|arg| match arg {
-                            redis::Arg::Simple(bytes) => {
-                                Some(String::from_utf8_lossy(bytes).into_owned())
-                            }
-                            _ => None,
-                        })
-                        .collect();
-                    let error = match stale_replica(error, &mut connection, &keys).await {
-                        Ok(()) => continue,
-                        Err(error) => error,
-                    };
                     if let Some(node) = redirect(error)? {
                         let mut pipe = redis::pipe();
                         pipe.cmd("ASKING").add_command(command.clone());
@@ -226,32 +209,28 @@ fn node_of(error: &RedisError) -> Option<SingleNodeRoutingInfo> {
     })
 }
 
-/// Runs the script once on `node` — after `ASKING` when `asking` (the node is importing the
-/// slot) — loading it there first if that node's cache lacks it.
-async fn direct(
+/// Runs the script once on `node`, which is importing the slot, after `ASKING` (loading it
+/// there first if that node's cache lacks it).
+async fn ask(
     connection: &mut ClusterConnection,
     node: SingleNodeRoutingInfo,
-    asking: bool,
     script: &Script,
     keys: &[String],
     args: &[i64],
 ) -> RedisResult<Value> {
     let evalsha = || {
         let mut pipe = redis::pipe();
-        if asking {
-            pipe.cmd("ASKING");
-        }
-        pipe.cmd("EVALSHA")
+        pipe.cmd("ASKING")
+            .cmd("EVALSHA")
             .arg(script.get_hash())
             .arg(keys.len())
             .arg(keys)
             .arg(args);
         pipe
     };
-    let skip = usize::from(asking);
     // The reply to EVALSHA only: skip the one to ASKING.
     let reply = connection
-        .route_pipeline(evalsha(), skip, 1, node.clone())
+        .route_pipeline(evalsha(), 1, 1, node.clone())
         .await
         .and_then(first);
     match reply {
@@ -265,7 +244,7 @@ async fn direct(
                 )
                 .await?;
             connection
-                .route_pipeline(evalsha(), skip, 1, node)
+                .route_pipeline(evalsha(), 1, 1, node)
                 .await
                 .and_then(first)
         }

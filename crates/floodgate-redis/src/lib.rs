@@ -47,7 +47,7 @@ pub use failure::FailurePolicy;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
-pub use store::{RedisStore, RedisStoreBuilder};
+pub use store::{RedisStore, RedisStoreBuilder, redact_url};
 
 /// The README's examples (core and Redis), compiled and run as doctests.
 #[cfg(doctest)]

@@ -172,7 +172,7 @@ impl<C: Clock> RedisStoreBuilder<C> {
     /// Connects and checks the server: refuses bad URLs and settings with a clear error,
     /// and warns (a `tracing` event at WARN level) when Redis may evict limiter keys.
     pub async fn build(self) -> Result<RedisStore<C>, Error> {
-        let redacted = redact(&self.url);
+        let redacted = redact_url(&self.url);
         keys::validate_prefix(&self.prefix).map_err(|reason| config("key_prefix", reason))?;
         if self.breaker_failures == 0 {
             return Err(config(
@@ -536,7 +536,7 @@ impl<C: Clock> fmt::Debug for RedisStore<C> {
 impl<C: Clock> fmt::Debug for RedisStoreBuilder<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisStoreBuilder")
-            .field("url", &redact(&self.url))
+            .field("url", &redact_url(&self.url))
             .field("prefix", &self.prefix)
             .field("timeout", &self.timeout)
             .field("connect_timeout", &self.connect_timeout)
@@ -577,33 +577,42 @@ fn cluster_nodes(url: &str) -> Option<Result<Vec<String>, Error>> {
     if nodes.is_empty() {
         return Some(Err(config(
             "url",
-            format!("{}: no Cluster node given", redact(url)),
+            format!("{}: no Cluster node given", redact_url(url)),
         )));
     }
     Some(Ok(nodes))
 }
 
 /// The URL with any password replaced by `***`, for messages and `Debug`.
-pub(crate) fn redact(url: &str) -> String {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
-        return url.to_owned();
+/// `url` with every password replaced by `***` — for each host of a Cluster list
+/// (`redis+cluster://u:p@a:1,u:p@b:2`) — and everything else kept, so messages and logs can
+/// name the server without the secret.
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = match url.find("://") {
+        Some(i) => url.split_at(i + 3),
+        None => ("", url),
     };
-    let rest = &url[scheme_end..];
-    let Some(at) = rest.rfind('@') else {
-        return url.to_owned();
-    };
-    let userinfo = &rest[..at];
-    let redacted = match userinfo.find(':') {
-        Some(colon) => format!("{}:***", &userinfo[..colon]),
-        None if userinfo.is_empty() => String::new(),
-        None => "***".to_owned(),
-    };
-    format!("{}{redacted}{}", &url[..scheme_end], &rest[at..])
+    let hosts: Vec<String> = rest
+        .split(',')
+        .map(|host| match host.rfind('@') {
+            None => host.to_owned(),
+            Some(at) => {
+                let userinfo = &host[..at];
+                let redacted = match userinfo.find(':') {
+                    Some(colon) => format!("{}:***", &userinfo[..colon]),
+                    None if userinfo.is_empty() => String::new(),
+                    None => "***".to_owned(),
+                };
+                format!("{redacted}{}", &host[at..])
+            }
+        })
+        .collect();
+    format!("{scheme}{}", hosts.join(","))
 }
 
 /// An error message with the URL's password removed, should the client library echo it.
 fn sanitize(message: &str, url: &str) -> String {
-    let mut message = message.replace(url, &redact(url));
+    let mut message = message.replace(url, &redact_url(url));
     if let Some(password) = password(url) {
         if !password.is_empty() {
             message = message.replace(password, "***");
@@ -625,12 +634,12 @@ mod tests {
     #[test]
     fn passwords_never_appear_in_messages() {
         assert_eq!(
-            redact("redis://user:s3cret@host:6379/0"),
+            redact_url("redis://user:s3cret@host:6379/0"),
             "redis://user:***@host:6379/0"
         );
-        assert_eq!(redact("redis://:s3cret@host"), "redis://:***@host");
-        assert_eq!(redact("redis://s3cret@host"), "redis://***@host");
-        assert_eq!(redact("redis://host:6379"), "redis://host:6379");
+        assert_eq!(redact_url("redis://:s3cret@host"), "redis://:***@host");
+        assert_eq!(redact_url("redis://s3cret@host"), "redis://***@host");
+        assert_eq!(redact_url("redis://host:6379"), "redis://host:6379");
         assert_eq!(
             sanitize("failed: s3cret rejected", "redis://u:s3cret@h"),
             "failed: *** rejected"

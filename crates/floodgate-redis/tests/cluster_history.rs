@@ -30,11 +30,6 @@ fn now_ns() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
-/// The slot holding the hot key's bucket.
-fn hot_slot(cluster: &RedisCluster, tag_of_hot: &str) -> u16 {
-    cluster.nodes()[0].key_slot(tag_of_hot)
-}
-
 fn wait_for(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !done() {
@@ -102,7 +97,7 @@ async fn topology_changes_under_load_keep_every_window_within_bounds() {
                 .map(str::to_owned)
         })
         .expect("the hot bucket exists");
-    let slot = hot_slot(&cluster, &hot_key);
+    let slot = cluster.nodes()[0].key_slot(&hot_key);
 
     let stop = Arc::new(AtomicBool::new(false));
     let tasks: Vec<_> = (0..4usize)

@@ -21,20 +21,18 @@ async fn limiter(cluster: &RedisCluster) -> RateLimiter<RedisStore> {
     )
 }
 
-/// The master holding `key`'s bucket of `policy` (found by its stored key).
+/// The master holding the (only) bucket written so far, found by its stored key.
 fn master_of_bucket(cluster: &RedisCluster) -> usize {
-    for (i, node) in cluster.nodes().iter().enumerate() {
-        if !node.ping() || !node.is_master() {
-            continue;
-        }
-        let keys = node.cli(&["--scan", "--pattern", "fg1{*"]);
-        if let Some(key) = keys.lines().next() {
-            let slot = node.key_slot(key);
-            let _ = i;
-            return cluster.master_for_slot(slot);
-        }
-    }
-    panic!("no bucket found on any master");
+    let slot = cluster
+        .nodes()
+        .iter()
+        .filter(|node| node.ping() && node.is_master())
+        .find_map(|node| {
+            let keys = node.cli(&["--scan", "--pattern", "fg1{*"]);
+            keys.lines().next().map(|key| node.key_slot(key))
+        })
+        .expect("a bucket on some master");
+    cluster.master_for_slot(slot)
 }
 
 /// Retries `peek` until the store answers from Redis; returns the decision and how long.

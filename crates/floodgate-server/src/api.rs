@@ -160,6 +160,22 @@ fn ceil_ms(d: Duration) -> u64 {
     u64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
 }
 
+/// The policy named `name`, or the `404` to send.
+#[allow(clippy::result_large_err)] // the error is the response itself, sent right away
+fn served_policy<'a>(
+    shared: &Shared,
+    runtime: &'a Runtime,
+    name: &str,
+) -> Result<&'a ServedPolicy, Response> {
+    runtime.policies.get(name).ok_or_else(|| {
+        shared.metrics.bad_request();
+        problem(
+            StatusCode::NOT_FOUND,
+            &format!("no policy named '{}'", name.escape_debug()),
+        )
+    })
+}
+
 /// Parses and validates a check/peek body; the error is the response to send.
 // The error is the response itself, sent right away: boxing it would only add an allocation.
 #[allow(clippy::result_large_err)]
@@ -170,13 +186,7 @@ fn parse_decide<'a>(
 ) -> Result<(&'a ServedPolicy, request::Decide<'a>, u32), Response> {
     let request = request::decide(body).map_err(|detail| bad_request(shared, &detail))?;
     let cost = request.cost;
-    let Some(served) = runtime.policies.get(request.policy.as_ref()) else {
-        shared.metrics.bad_request();
-        return Err(problem(
-            StatusCode::NOT_FOUND,
-            &format!("no policy named '{}'", request.policy.escape_debug()),
-        ));
-    };
+    let served = served_policy(shared, runtime, &request.policy)?;
     if let Err(e) = served.policy.check_cost(cost) {
         shared.metrics.bad_request();
         return Err(problem(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string()));
@@ -361,12 +371,9 @@ async fn reset(State(shared): State<Arc<Shared>>, request: axum::extract::Reques
         Ok(request) => request,
         Err(detail) => return bad_request(&shared, &detail),
     };
-    let Some(served) = runtime.policies.get(request.policy.as_ref()) else {
-        shared.metrics.bad_request();
-        return problem(
-            StatusCode::NOT_FOUND,
-            &format!("no policy named '{}'", request.policy.escape_debug()),
-        );
+    let served = match served_policy(&shared, &runtime, &request.policy) {
+        Ok(served) => served,
+        Err(response) => return response,
     };
     let started = Instant::now();
     let result = runtime.limiter.reset(&served.policy, &request.key).await;

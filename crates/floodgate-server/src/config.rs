@@ -124,23 +124,7 @@ impl StoreUrl {
     }
 }
 
-/// `scheme://user:password@host` → `scheme://user:***@host` (every host of a Cluster list).
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return "<unparsable url>".into();
-    };
-    let hosts: Vec<String> = rest
-        .split(',')
-        .map(|host| match host.rsplit_once('@') {
-            Some((user, at)) => match user.split_once(':') {
-                Some((name, _)) => format!("{name}:***@{at}"),
-                None => format!("***@{at}"),
-            },
-            None => host.to_owned(),
-        })
-        .collect();
-    format!("{scheme}://{}", hosts.join(","))
-}
+pub use floodgate_redis::redact_url;
 
 /// `[server]`.
 #[derive(Clone, Debug, PartialEq)]

@@ -238,7 +238,7 @@ impl Domain {
 }
 
 /// The bucket key: entries joined unambiguously (lengths prefix the parts).
-fn push_part(out: &mut String, key: &str, value: &str) {
+pub(crate) fn push_part(out: &mut String, key: &str, value: &str) {
     use std::fmt::Write;
     let _ = write!(out, "{}:{key}={}:{value};", key.len(), value.len());
 }

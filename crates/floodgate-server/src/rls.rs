@@ -89,8 +89,7 @@ fn bucket_key(domain: &str, entries: &[(&str, &str)]) -> String {
     key.push_str(domain);
     key.push('\n');
     for (k, v) in entries {
-        use std::fmt::Write;
-        let _ = write!(key, "{}:{k}={}:{v};", k.len(), v.len());
+        crate::envoy::push_part(&mut key, k, v);
     }
     key
 }
