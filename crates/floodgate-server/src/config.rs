@@ -610,7 +610,11 @@ fn parse_duration(text: &str, max: Duration) -> Result<Duration, String> {
 /// The dotted key and the 1-based line of a byte offset in TOML text: the key on that line
 /// (or the table header's name) under the last `[table]` header above it.
 fn locate(text: &str, offset: usize) -> (String, usize) {
-    let offset = offset.min(text.len());
+    let mut offset = offset.min(text.len());
+    // Slice only at character boundaries, whatever offset the parser reports.
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
     let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
     let line_no = text[..offset].matches('\n').count() + 1;
     let line_end = text[offset..].find('\n').map_or(text.len(), |i| offset + i);
@@ -682,6 +686,14 @@ mod tests {
             "5/s burst 10; 1000/d"
         );
         assert_eq!(demo.server.http, "127.0.0.1:8080".parse().unwrap());
+    }
+
+    #[test]
+    fn error_locations_inside_multibyte_text_do_not_panic() {
+        let text = "[policies]\nfree = \"5/s é\"\n";
+        for offset in 0..=text.len() + 3 {
+            let _ = locate(text, offset);
+        }
     }
 
     #[test]
