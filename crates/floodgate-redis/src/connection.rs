@@ -89,19 +89,16 @@ impl Connection {
                         result => return result,
                     };
                     redirects += 1;
-                    let error = match stale_replica(error, &mut connection, keys).await {
-                        Ok(()) => {
-                            target = None;
-                            continue;
-                        }
-                        Err(error) => error,
+                    // READONLY (probed into a MOVED) and MOVED: not run; the client rebuilds
+                    // its slot map in the background, then the request goes again. ASK: run
+                    // once on the named node after ASKING.
+                    target = match stale_replica(error, &mut connection, keys).await {
+                        Ok(()) => None,
+                        Err(error) => redirect(error)?,
                     };
-                    // MOVED: not run; the client refreshes its slot map, then the request
-                    // goes again. ASK: run once on the named node after ASKING.
-                    target = redirect(error)?;
                     if target.is_none() {
-                        // MOVED: the slot map is being rebuilt; while a migration or a
-                        // failover settles, nodes may disagree for a moment.
+                        // Give the rebuild a moment: while a migration or a failover
+                        // settles, nodes may disagree.
                         tokio::time::sleep(Duration::from_millis(5 * redirects as u64)).await;
                     }
                 }
