@@ -44,15 +44,17 @@ impl Connection {
         ))
     }
 
-    /// Connects to a Cluster through any of `nodes` (`redis://host:port` each).
+    /// Connects to a Cluster through any of `nodes` (`redis://host:port` each, or
+    /// `rediss://host:port` with the `tls` feature, verified like a standalone server's).
     pub(crate) async fn cluster(
         nodes: Vec<String>,
         connect_timeout: Duration,
+        root_certificate: Option<&[u8]>,
     ) -> RedisResult<Self> {
-        let client = redis::cluster::ClusterClient::builder(nodes)
+        let builder = redis::cluster::ClusterClient::builder(nodes)
             .retries(0)
-            .connection_timeout(connect_timeout)
-            .build()?;
+            .connection_timeout(connect_timeout);
+        let client = with_root_certificate(builder, root_certificate).build()?;
         Ok(Connection::Cluster(client.get_async_connection().await?))
     }
 
@@ -151,6 +153,28 @@ fn client(url: &str, root_certificate: Option<&[u8]>) -> RedisResult<redis::Clie
         ),
         None => redis::Client::open(url),
     }
+}
+
+#[cfg(feature = "tls")]
+fn with_root_certificate(
+    builder: redis::cluster::ClusterClientBuilder,
+    root_certificate: Option<&[u8]>,
+) -> redis::cluster::ClusterClientBuilder {
+    match root_certificate {
+        Some(pem) => builder.certs(redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem.to_vec()),
+        }),
+        None => builder,
+    }
+}
+
+#[cfg(not(feature = "tls"))]
+fn with_root_certificate(
+    builder: redis::cluster::ClusterClientBuilder,
+    _root_certificate: Option<&[u8]>,
+) -> redis::cluster::ClusterClientBuilder {
+    builder
 }
 
 #[cfg(not(feature = "tls"))]

@@ -19,8 +19,9 @@
 //!
 //! URLs: `redis://[user:password@]host:port[/db]`, `rediss://…` for TLS (feature `tls`; a
 //! private CA via [`RedisStoreBuilder::tls_root_certificate`]), and
-//! `redis+cluster://[user:password@]host:port,host:port` for a Cluster. Passwords never appear
-//! in `Debug` output or error messages.
+//! `redis+cluster://[user:password@]host:port,host:port` for a Cluster
+//! (`rediss+cluster://…` over TLS, every node verified against the same roots). Passwords
+//! never appear in `Debug` output or error messages.
 //!
 //! # Keys
 //!

@@ -142,8 +142,8 @@ impl<C: Clock> RedisStoreBuilder<C> {
         self
     }
 
-    /// For `rediss://` (feature `tls`): trust the certificate authority in `pem` (a private
-    /// CA) instead of the system's roots.
+    /// For `rediss://` and `rediss+cluster://` (feature `tls`): trust the certificate
+    /// authority in `pem` (a private CA) instead of the system's roots.
     pub fn tls_root_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
         self.root_certificate = Some(pem.into());
         self
@@ -191,14 +191,21 @@ impl<C: Clock> RedisStoreBuilder<C> {
         if self.timeout.is_zero() {
             return Err(config("timeout", "must be longer than zero".into()));
         }
-        if self.url.starts_with("rediss://") && !cfg!(feature = "tls") {
+        if self.url.starts_with("rediss") && !cfg!(feature = "tls") {
             return Err(config(
                 "url",
                 format!("{redacted}: TLS (rediss://) needs floodgate-redis's `tls` feature"),
             ));
         }
         let connect = match cluster_nodes(&self.url) {
-            Some(nodes) => Connection::cluster(nodes?, self.connect_timeout).await,
+            Some(nodes) => {
+                Connection::cluster(
+                    nodes?,
+                    self.connect_timeout,
+                    self.root_certificate.as_deref(),
+                )
+                .await
+            }
             None if ["redis://", "rediss://", "unix://"]
                 .iter()
                 .any(|scheme| self.url.starts_with(scheme)) =>
@@ -214,7 +221,8 @@ impl<C: Clock> RedisStoreBuilder<C> {
                 return Err(config(
                     "url",
                     format!(
-                        "{redacted}: expected redis://host:port or redis+cluster://host:port,host:port"
+                        "{redacted}: expected redis://host:port, rediss://host:port, \
+                         redis+cluster://host:port,host:port or rediss+cluster://host:port,host:port"
                     ),
                 ));
             }
@@ -560,9 +568,15 @@ fn store_error(message: String) -> Error {
 }
 
 /// The node URLs of a `redis+cluster://[user:password@]h1:p1,h2:p2` URL (the credentials
-/// apply to every node), or `None` for another scheme.
+/// apply to every node; `rediss+cluster://` makes every node `rediss://`), or `None` for
+/// another scheme.
 fn cluster_nodes(url: &str) -> Option<Result<Vec<String>, Error>> {
-    let rest = url.strip_prefix("redis+cluster://")?;
+    let (scheme, rest) = [
+        ("redis://", "redis+cluster://"),
+        ("rediss://", "rediss+cluster://"),
+    ]
+    .into_iter()
+    .find_map(|(scheme, cluster)| Some((scheme, url.strip_prefix(cluster)?)))?;
     let (userinfo, hosts) = match rest.rsplit_once('@') {
         Some((userinfo, hosts)) => (format!("{userinfo}@"), hosts),
         None => (String::new(), rest),
@@ -572,7 +586,7 @@ fn cluster_nodes(url: &str) -> Option<Result<Vec<String>, Error>> {
         .split(',')
         .map(str::trim)
         .filter(|h| !h.is_empty())
-        .map(|host| format!("redis://{userinfo}{host}"))
+        .map(|host| format!("{scheme}{userinfo}{host}"))
         .collect();
     if nodes.is_empty() {
         return Some(Err(config(
@@ -583,7 +597,6 @@ fn cluster_nodes(url: &str) -> Option<Result<Vec<String>, Error>> {
     Some(Ok(nodes))
 }
 
-/// The URL with any password replaced by `***`, for messages and `Debug`.
 /// `url` with every password replaced by `***` — for each host of a Cluster list
 /// (`redis+cluster://u:p@a:1,u:p@b:2`) — and everything else kept, so messages and logs can
 /// name the server without the secret.

@@ -57,15 +57,22 @@ async fn bad_urls_and_settings_are_clear_errors() {
     let cases = [
         (
             "http://127.0.0.1:6379",
-            "expected redis://host:port or redis+cluster://",
+            "expected redis://host:port, rediss://host:port, redis+cluster://",
         ),
         #[cfg(not(feature = "tls"))]
         (
             "rediss://127.0.0.1:6379",
             "TLS (rediss://) needs floodgate-redis's `tls` feature",
         ),
+        #[cfg(not(feature = "tls"))]
+        (
+            "rediss+cluster://127.0.0.1:6379,127.0.0.1:6380",
+            "TLS (rediss://) needs floodgate-redis's `tls` feature",
+        ),
         ("not a url", "expected redis://host:port"),
         ("redis+cluster://", "no Cluster node given"),
+        #[cfg(feature = "tls")]
+        ("rediss+cluster://", "no Cluster node given"),
     ];
     for (url, message) in cases {
         let error = RedisStore::connect(url).await.unwrap_err();

@@ -1,118 +1,28 @@
-//! `rediss://`: decisions over TLS to a `redis-server` of our own, with a private CA made by
-//! `openssl` for this test; a server whose certificate the store does not trust is refused.
+//! `rediss://` and `rediss+cluster://`: decisions over TLS to `redis-server`s of our own,
+//! with a private CA made by `openssl` for this test; a server whose certificate the store
+//! does not trust is refused.
 #![cfg(feature = "tls")]
 
 use std::net::TcpListener;
-use std::path::Path;
-use std::process::Command;
 
 use floodgate::{Error, Policy, RateLimiter};
 use floodgate_redis::RedisStore;
-use floodgate_testkit::redis_server::RedisServer;
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let status = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap_or_else(|e| panic!("openssl: {e}"));
-    assert!(
-        status.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&status.stderr)
-    );
-}
-
-/// A CA and a server certificate for 127.0.0.1, in a fresh directory.
-fn certificates(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("floodgate-tls-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    openssl(
-        &dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=floodgate test CA",
-        ],
-    );
-    openssl(
-        &dir,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ],
-    );
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    )
-    .unwrap();
-    openssl(
-        &dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.crt",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-        ],
-    );
-    dir
-}
+use floodgate_testkit::redis_server::{RedisCluster, RedisServer};
+use floodgate_testkit::tls::Certificates;
 
 #[tokio::test]
 async fn decides_over_tls_and_refuses_an_untrusted_server() {
-    let dir = certificates("server");
+    let certificates = Certificates::generate("server");
     let tls_port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let path = |f: &str| dir.join(f).to_string_lossy().into_owned();
-    let _server = RedisServer::start_with(&[
-        "--tls-port",
-        &tls_port.to_string(),
-        "--tls-cert-file",
-        &path("server.crt"),
-        "--tls-key-file",
-        &path("server.key"),
-        "--tls-ca-cert-file",
-        &path("ca.crt"),
-        "--tls-auth-clients",
-        "no",
-    ]);
+    let args = certificates.redis_server_args(tls_port);
+    let _server = RedisServer::start_with(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let url = format!("rediss://127.0.0.1:{tls_port}");
-    let ca = std::fs::read(dir.join("ca.crt")).unwrap();
     let store = RedisStore::builder(&url)
-        .tls_root_certificate(ca)
+        .tls_root_certificate(certificates.ca_pem())
         .build()
         .await
         .unwrap();
@@ -123,14 +33,51 @@ async fn decides_over_tls_and_refuses_an_untrusted_server() {
     assert!(!limiter.check(&policy, "k").await.unwrap().is_allowed());
 
     // Another CA: the server's certificate is not trusted.
-    let other = certificates("other");
-    let untrusted = std::fs::read(other.join("ca.crt")).unwrap();
+    let other = Certificates::generate("other");
     let error = RedisStore::builder(&url)
-        .tls_root_certificate(untrusted)
+        .tls_root_certificate(other.ca_pem())
         .build()
         .await
         .unwrap_err();
     assert!(matches!(error, Error::Store(_)), "{error:?}");
-    let _ = std::fs::remove_dir_all(dir);
-    let _ = std::fs::remove_dir_all(other);
+}
+
+#[tokio::test]
+async fn decides_over_tls_on_a_cluster_and_refuses_an_untrusted_one() {
+    let certificates = Certificates::generate("cluster");
+    let cluster = RedisCluster::start_tls(3, &certificates);
+    let url = cluster.tls_url();
+    assert!(url.starts_with("rediss+cluster://"), "{url}");
+    let store = RedisStore::builder(&url)
+        .tls_root_certificate(certificates.ca_pem())
+        .build()
+        .await
+        .unwrap();
+    let limiter = RateLimiter::new(store);
+    let policy = Policy::parse("tls", "2/m; 100/d").unwrap();
+    // Keys on every master: the client follows the slot map to each node over TLS.
+    for key in 0..30 {
+        let key = format!("user:{key}");
+        assert!(limiter.check(&policy, &key).await.unwrap().is_allowed());
+        assert!(limiter.check(&policy, &key).await.unwrap().is_allowed());
+        let third = limiter.check(&policy, &key).await.unwrap();
+        assert!(!third.is_allowed(), "{key}: {third:?}");
+    }
+    let mut counts = [0; 3];
+    for (i, node) in cluster.nodes().iter().enumerate() {
+        counts[i] = node.cli(&["DBSIZE"]).trim().parse::<u32>().unwrap();
+    }
+    assert_eq!(counts.iter().sum::<u32>(), 60, "{counts:?}");
+    assert!(
+        counts.iter().all(|&c| c > 0),
+        "every master holds keys: {counts:?}"
+    );
+
+    let other = Certificates::generate("cluster-other");
+    let error = RedisStore::builder(&url)
+        .tls_root_certificate(other.ca_pem())
+        .build()
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::Store(_)), "{error:?}");
 }

@@ -110,11 +110,17 @@ impl fmt::Display for OnError {
 pub enum StoreUrl {
     /// The embedded memory store (`memory://`).
     Memory,
-    /// Redis (`redis://`, `rediss://`, `redis+cluster://`); may hold a password.
+    /// Redis (`redis://`, `rediss://`, `redis+cluster://`, `rediss+cluster://`); may hold a
+    /// password.
     Redis(Secret),
 }
 
 impl StoreUrl {
+    /// Whether the URL asks for TLS (`rediss://`, `rediss+cluster://`).
+    pub fn is_tls(&self) -> bool {
+        matches!(self, StoreUrl::Redis(url) if url.expose().starts_with("rediss"))
+    }
+
     /// The URL with any password replaced by `***`.
     pub fn redacted(&self) -> String {
         match self {
@@ -152,6 +158,9 @@ pub struct StoreConfig {
     pub local_share: Option<f64>,
     /// Per-call timeout of the Redis store.
     pub timeout: Duration,
+    /// `store.tls_ca_file`: where the certificate authority (PEM) trusted for a `rediss://`
+    /// store came from, and its contents; `None`: the system's roots.
+    pub tls_ca: Option<(PathBuf, Vec<u8>)>,
 }
 
 /// One `[policies]` entry.
@@ -227,6 +236,7 @@ struct RawStore {
     on_error: Option<OnError>,
     local_share: Option<f64>,
     timeout: Option<String>,
+    tls_ca_file: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -268,7 +278,8 @@ impl Config {
     }
 
     /// Validates configuration text; `file` names it in errors and `dir` resolves
-    /// `envoy.config_dir` (`None`: no Envoy directory may be given).
+    /// `envoy.config_dir` (`None`: no Envoy directory may be given) and `store.tls_ca_file`
+    /// (`None`: against the working directory).
     pub fn parse(text: &str, file: &Path, dir: Option<&Path>) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let (key, line) = e
@@ -388,12 +399,38 @@ impl Config {
                 format!("must be above 0 and at most 1, got {share}"),
             ));
         }
+        let tls_ca = match raw.store.tls_ca_file {
+            None => None,
+            Some(_) if !url.is_tls() => {
+                return Err(err(
+                    "store.tls_ca_file",
+                    "applies to TLS store URLs only (rediss:// or rediss+cluster://)".into(),
+                ));
+            }
+            Some(file_name) => {
+                let path = dir.unwrap_or(Path::new(".")).join(&file_name);
+                let pem = std::fs::read(&path).map_err(|e| {
+                    err(
+                        "store.tls_ca_file",
+                        format!("cannot read '{}': {e}", path.display()),
+                    )
+                })?;
+                if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+                    return Err(err(
+                        "store.tls_ca_file",
+                        format!("'{}' holds no PEM certificate", path.display()),
+                    ));
+                }
+                Some((path, pem))
+            }
+        };
         let store = StoreConfig {
             url,
             max_keys,
             on_error: raw.store.on_error.unwrap_or(OnError::Allow),
             local_share: raw.store.local_share,
             timeout,
+            tls_ca,
         };
 
         let mut policies = BTreeMap::new();
@@ -567,6 +604,9 @@ impl Config {
                 if let Some(share) = self.store.local_share {
                     let _ = write!(out, ", local_share {share}");
                 }
+                if let Some((path, _)) = &self.store.tls_ca {
+                    let _ = write!(out, ", tls_ca_file {}", path.display());
+                }
                 let _ = writeln!(out, ")");
             }
         }
@@ -666,8 +706,8 @@ fn parse_store_url(url: &str) -> Result<StoreUrl, String> {
             Ok(StoreUrl::Redis(Secret(url.to_owned())))
         }
         _ => Err(format!(
-            "'{}' is not a store URL: use memory://, redis://host:port, rediss://host:port or \
-             redis+cluster://h1:p1,h2:p2",
+            "'{}' is not a store URL: use memory://, redis://host:port, rediss://host:port, \
+             redis+cluster://h1:p1,h2:p2 or rediss+cluster://h1:p1,h2:p2",
             redact_url(url)
         )),
     }

@@ -20,7 +20,7 @@ use crate::metrics::{Metrics, PolicyCounters};
 pub enum AnyStore {
     /// `memory://`.
     Memory(MemoryStore),
-    /// `redis://`, `rediss://`, `redis+cluster://`.
+    /// `redis://`, `rediss://`, `redis+cluster://`, `rediss+cluster://`.
     Redis(RedisStore),
 }
 
@@ -299,6 +299,9 @@ async fn build_store(config: &Config) -> Result<AnyStore, ConfigError> {
                     builder = builder
                         .on_failure_for(name.clone(), failure_policy(on_error, &config.store));
                 }
+            }
+            if let Some((_, pem)) = &config.store.tls_ca {
+                builder = builder.tls_root_certificate(pem.clone());
             }
             builder
                 .build()

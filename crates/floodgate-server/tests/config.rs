@@ -35,7 +35,7 @@ const BAD: &[(&str, &str)] = &[
     ),
     (
         "bad_store_url.toml",
-        "bad/bad_store_url.toml: store.url: 'mysql://root:***@db:3306' is not a store URL: use memory://, redis://host:port, rediss://host:port or redis+cluster://h1:p1,h2:p2",
+        "bad/bad_store_url.toml: store.url: 'mysql://root:***@db:3306' is not a store URL: use memory://, redis://host:port, rediss://host:port, redis+cluster://h1:p1,h2:p2 or rediss+cluster://h1:p1,h2:p2",
     ),
     (
         "bad_timeout.toml",
@@ -56,6 +56,10 @@ const BAD: &[(&str, &str)] = &[
     (
         "missing_envoy_dir.toml",
         "bad/missing_envoy_dir.toml: envoy.config_dir: 'bad/no-such-dir/' is not a directory",
+    ),
+    (
+        "missing_tls_ca.toml",
+        "bad/missing_tls_ca.toml: store.tls_ca_file: cannot read 'bad/no-such-ca.crt': No such file or directory (os error 2)",
     ),
     (
         "nothing_to_serve.toml",
@@ -88,6 +92,14 @@ const BAD: &[(&str, &str)] = &[
     (
         "syntax.toml",
         "bad/syntax.toml: policies.free: line 2: invalid basic string, expected `\"`",
+    ),
+    (
+        "tls_ca_not_pem.toml",
+        "bad/tls_ca_not_pem.toml: store.tls_ca_file: 'bad/tls_ca_not_pem.toml' holds no PEM certificate",
+    ),
+    (
+        "tls_ca_without_tls.toml",
+        "bad/tls_ca_without_tls.toml: store.tls_ca_file: applies to TLS store URLs only (rediss:// or rediss+cluster://)",
     ),
     (
         "unknown_key.toml",

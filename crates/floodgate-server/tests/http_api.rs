@@ -436,3 +436,40 @@ strict = {{ limits = "1/hour burst 3", on_error = "deny" }}
     );
     server.shutdown().await;
 }
+
+/// `rediss+cluster://` with `store.tls_ca_file`: the same contract over TLS to a Cluster.
+#[cfg(feature = "tls")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_tls_redis_cluster_the_same_contract_holds() {
+    use floodgate_testkit::redis_server::RedisCluster;
+    use floodgate_testkit::tls::Certificates;
+
+    let certificates = Certificates::generate("server-cluster");
+    let cluster = RedisCluster::start_tls(3, &certificates);
+    let dir = TempDir::new("tls-cluster");
+    std::fs::write(dir.path().join("redis-ca.crt"), certificates.ca_pem()).unwrap();
+    let config = format!(
+        r#"
+[store]
+url = "{}"
+tls_ca_file = "redis-ca.crt"
+timeout = "500ms"
+on_error = "deny"
+
+[policies]
+tight = "1/hour burst 3"
+"#,
+        cluster.tls_url()
+    );
+    let server = server_with(&dir, &config).await;
+    for key in ["tls-a", "tls-b", "tls-c"] {
+        check_sequence(server.http_addr(), key).await;
+    }
+    let stored: u32 = cluster
+        .nodes()
+        .iter()
+        .map(|n| n.cli(&["DBSIZE"]).trim().parse::<u32>().unwrap())
+        .sum();
+    assert_eq!(stored, 3, "one bucket per key, in the Cluster");
+    server.shutdown().await;
+}

@@ -11,6 +11,7 @@ pub mod model;
 pub mod proxy;
 pub mod redis_server;
 pub mod soak;
+pub mod tls;
 pub mod window;
 
 use std::future::Future;

@@ -166,6 +166,8 @@ fn free_port() -> std::io::Result<u16> {
 #[derive(Debug)]
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
+    /// Each node's TLS port, for a Cluster started with [`start_tls`](Self::start_tls).
+    tls_ports: Vec<u16>,
 }
 
 impl RedisCluster {
@@ -182,23 +184,75 @@ impl RedisCluster {
         Self::create(masters, 1, node_timeout_ms)
     }
 
-    fn create(masters: usize, replicas: usize, node_timeout_ms: u32) -> Self {
-        let timeout = node_timeout_ms.to_string();
-        let nodes: Vec<RedisServer> = (0..masters * (1 + replicas))
+    /// Starts `masters` (≥ 3) masters that serve clients over TLS with `certificates`
+    /// (besides the plain port the kit manages them through) and talk to each other over
+    /// TLS on the Cluster bus; [`tls_url`](Self::tls_url) names them.
+    pub fn start_tls(masters: usize, certificates: &crate::tls::Certificates) -> Self {
+        let ports: Vec<(u16, u16)> = (0..masters)
             .map(|_| {
-                RedisServer::start_with(&[
+                let port = || free_port().unwrap_or_else(|e| panic!("no free port: {e}"));
+                (port(), port())
+            })
+            .collect();
+        let nodes = ports
+            .iter()
+            .map(|&(tls_port, bus_port)| {
+                let mut args = certificates.redis_server_args(tls_port);
+                args.extend(
+                    [
+                        "--tls-cluster",
+                        "yes",
+                        "--cluster-port",
+                        &bus_port.to_string(),
+                    ]
+                    .map(String::from),
+                );
+                args
+            })
+            .collect();
+        let tls_ports = ports.iter().map(|&(tls_port, _)| tls_port).collect();
+        let tls = ["--tls", "--cacert", &certificates.path("ca.crt")].map(String::from);
+        Self::create_with(nodes, 0, 5_000, tls_ports, &tls)
+    }
+
+    fn create(masters: usize, replicas: usize, node_timeout_ms: u32) -> Self {
+        let nodes = vec![Vec::new(); masters * (1 + replicas)];
+        Self::create_with(nodes, replicas, node_timeout_ms, Vec::new(), &[])
+    }
+
+    /// Starts one node per entry of `node_args` (its extra `redis-server` arguments) and
+    /// joins them with `redis-cli` (given `cli_args`), through the TLS ports when there are.
+    fn create_with(
+        node_args: Vec<Vec<String>>,
+        replicas: usize,
+        node_timeout_ms: u32,
+        tls_ports: Vec<u16>,
+        cli_args: &[String],
+    ) -> Self {
+        let timeout = node_timeout_ms.to_string();
+        let nodes: Vec<RedisServer> = node_args
+            .iter()
+            .map(|extra| {
+                let mut args = vec![
                     "--cluster-enabled",
                     "yes",
                     "--cluster-node-timeout",
                     &timeout,
-                ])
+                ];
+                args.extend(extra.iter().map(String::as_str));
+                RedisServer::start_with(&args)
             })
             .collect();
-        let addresses: Vec<String> = nodes
-            .iter()
-            .map(|n| format!("127.0.0.1:{}", n.port()))
-            .collect();
+        let addresses: Vec<String> = if tls_ports.is_empty() {
+            nodes
+                .iter()
+                .map(|n| format!("127.0.0.1:{}", n.port()))
+                .collect()
+        } else {
+            tls_ports.iter().map(|p| format!("127.0.0.1:{p}")).collect()
+        };
         let output = Command::new("redis-cli")
+            .args(cli_args)
             .args(["--cluster", "create"])
             .args(&addresses)
             .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
@@ -209,7 +263,7 @@ impl RedisCluster {
             "cluster create failed: {}",
             String::from_utf8_lossy(&output.stdout)
         );
-        let cluster = RedisCluster { nodes };
+        let cluster = RedisCluster { nodes, tls_ports };
         cluster.wait_until_ok(Duration::from_secs(30));
         if replicas > 0 {
             let deadline = Instant::now() + Duration::from_secs(30);
@@ -277,6 +331,21 @@ impl RedisCluster {
             .map(|n| format!("127.0.0.1:{}", n.port()))
             .collect();
         format!("redis+cluster://{}", hosts.join(","))
+    }
+
+    /// `rediss+cluster://127.0.0.1:t1,127.0.0.1:t2,…` for a Cluster started with
+    /// [`start_tls`](Self::start_tls). Panics for a plain one.
+    pub fn tls_url(&self) -> String {
+        assert!(
+            !self.tls_ports.is_empty(),
+            "this Cluster does not serve TLS"
+        );
+        let hosts: Vec<String> = self
+            .tls_ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        format!("rediss+cluster://{}", hosts.join(","))
     }
 
     /// The nodes.
