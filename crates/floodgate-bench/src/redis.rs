@@ -48,15 +48,17 @@ pub(crate) fn run(runs: usize, millis: u64) {
             .unwrap_or("?")
     );
 
-    let mut floodgate = Vec::new();
+    let mut one = Vec::new();
+    let mut four = Vec::new();
     let mut same_depth = Vec::new();
     let mut ceiling = Vec::new();
     let mut cached = Vec::new();
     let mut uncached = Vec::new();
     for run in 0..runs {
         eprintln!("redis run {}/{runs}", run + 1);
-        floodgate.push(runtime.block_on(floodgate_checks(&server.url(), millis)));
         same_depth.push(redis_benchmark(&server, &sha, 4, millis));
+        one.push(runtime.block_on(floodgate_checks(&server.url(), 1, millis)));
+        four.push(runtime.block_on(floodgate_checks(&server.url(), 4, millis)));
         ceiling.push(redis_benchmark(&server, &sha, 50, millis));
         let (with, without) = runtime.block_on(deny_cache(&server.url(), millis));
         cached.push(with);
@@ -71,9 +73,14 @@ pub(crate) fn run(runs: usize, millis: u64) {
     let base = med(&same_depth, |s| s.ops);
     for (name, depth, samples) in [
         (
-            "floodgate `RedisStore` via `RateLimiter`, one thread",
+            "floodgate `RedisStore` via `RateLimiter`, one thread, 1 connection (default)",
             "64",
-            &floodgate,
+            &one,
+        ),
+        (
+            "floodgate `RedisStore` via `RateLimiter`, one thread, `connections(4)`",
+            "64",
+            &four,
         ),
         (
             "redis-benchmark, minimal GCRA `EVALSHA` (-c 4 -P 16)",
@@ -95,14 +102,19 @@ pub(crate) fn run(runs: usize, millis: u64) {
             ops / base
         );
     }
-    let ratios: Vec<f64> = floodgate
-        .iter()
-        .zip(&same_depth)
-        .map(|(f, r)| f.ops / r.ops)
-        .collect();
+    let ratio = |ours: &[Sample]| {
+        let mut ratios: Vec<f64> = ours
+            .iter()
+            .zip(&same_depth)
+            .map(|(f, r)| f.ops / r.ops)
+            .collect();
+        crate::median(&mut ratios)
+    };
     println!(
-        "\nfloodgate / same-depth redis-benchmark, median of per-run ratios: **{:.2}×**",
-        crate::median(&mut ratios.clone())
+        "\nfloodgate / same-depth redis-benchmark, median of per-run ratios: **{:.2}×** with 1 \
+         connection, **{:.2}×** with 4",
+        ratio(&one),
+        ratio(&four)
     );
 
     let mut gains: Vec<f64> = cached.iter().zip(&uncached).map(|(c, u)| c / u).collect();
@@ -117,13 +129,17 @@ pub(crate) fn run(runs: usize, millis: u64) {
     println!("\nRedis memory per key (used_memory delta over 50 000 keys, each with a TTL):\n");
     println!("| keys written by | bytes per key |");
     println!("|:---|---:|");
-    println!("| floodgate (`fg1{{tag}}0`, 20-byte names) | {ours:.1} |");
-    println!("| minimal GCRA script (`user:123456`, 11-byte names) | {minimal:.1} |");
+    println!("| floodgate, `fg1{{tag}}0` (20 bytes for any user key) | {ours:.1} |");
+    for ((names, _), bytes) in MINIMAL_NAMES.iter().zip(minimal) {
+        println!("| minimal GCRA script, {names} | {bytes:.1} |");
+    }
 }
 
-/// 64 checks in flight from one thread, random keys, a mostly-allowed limit.
-async fn floodgate_checks(url: &str, millis: u64) -> Sample {
+/// 64 checks in flight from one thread over `connections`, random keys, a mostly-allowed
+/// limit.
+async fn floodgate_checks(url: &str, connections: usize, millis: u64) -> Sample {
     let store = RedisStore::builder(url)
+        .connections(connections)
         .deny_cache(0)
         .timeout(Duration::from_secs(2))
         .build()
@@ -276,8 +292,9 @@ async fn deny_cache(url: &str, millis: u64) -> (f64, f64) {
     (results[0], results[1])
 }
 
-/// Redis `used_memory` per key: 50 000 keys written by floodgate, then by the minimal script.
-async fn memory_per_key(server: &RedisServer, sha: &str) -> (f64, f64) {
+/// Redis `used_memory` per key: 50 000 keys written by floodgate, then by the minimal script
+/// under names of each length in [`MINIMAL_NAMES`].
+async fn memory_per_key(server: &RedisServer, sha: &str) -> (f64, Vec<f64>) {
     const N: u64 = 50_000;
     let used = || -> f64 {
         server
@@ -308,18 +325,36 @@ async fn memory_per_key(server: &RedisServer, sha: &str) -> (f64, f64) {
         .get_multiplexed_async_connection()
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let before = used();
-    for k in 0..N {
-        let _: Result<i64, _> = redis::cmd("EVALSHA")
-            .arg(sha)
-            .arg(1)
-            .arg(format!("user:{}", 100_000 + k))
-            .arg(3_600_000_000u64)
-            .arg(3_600_000_000u64)
-            .query_async(&mut connection)
-            .await;
+    let mut minimal = Vec::new();
+    for (_, name) in MINIMAL_NAMES {
+        let before = used();
+        for k in 0..N {
+            let _: Result<i64, _> = redis::cmd("EVALSHA")
+                .arg(sha)
+                .arg(1)
+                .arg(name(100_000 + k))
+                .arg(3_600_000_000u64)
+                .arg(3_600_000_000u64)
+                .query_async(&mut connection)
+                .await;
+        }
+        minimal.push((used() - before) / N as f64);
+        server.cli(&["FLUSHALL"]);
     }
-    let minimal = (used() - before) / N as f64;
-    server.cli(&["FLUSHALL"]);
     (ours, minimal)
 }
+
+/// A key name for the n-th key.
+type KeyName = fn(u64) -> String;
+
+/// Key names for the minimal script's memory figure: short ones, redis-benchmark's (`-r`
+/// pads the number to 12 digits), and as long as floodgate's.
+const MINIMAL_NAMES: [(&str, KeyName); 3] = [
+    ("`user:123456`, 11 bytes", |k| format!("user:{k}")),
+    ("`user:000000123456` (redis-benchmark's), 17 bytes", |k| {
+        format!("user:{k:012}")
+    }),
+    ("`rl:user:0000123456`, 20 bytes", |k| {
+        format!("rl:user:{k:010}")
+    }),
+];

@@ -9,6 +9,8 @@
 //! is returned to the caller, never replayed. The Cluster client's own retries are turned
 //! off for that reason.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -21,17 +23,38 @@ const MAX_REDIRECTS: usize = 3;
 
 #[derive(Clone)]
 pub(crate) enum Connection {
-    Standalone(ConnectionManager),
+    Standalone(Pipelines),
     Cluster(ClusterConnection),
+}
+
+/// One or more multiplexed connections to one server; calls take turns.
+#[derive(Clone)]
+pub(crate) struct Pipelines {
+    connections: Arc<[ConnectionManager]>,
+    next: Arc<AtomicUsize>,
+}
+
+impl Pipelines {
+    /// The connection for the next call (a clone is a handle to the same connection).
+    fn next(&self) -> ConnectionManager {
+        let turn = if self.connections.len() == 1 {
+            0
+        } else {
+            self.next.fetch_add(1, Ordering::Relaxed) % self.connections.len()
+        };
+        self.connections[turn].clone()
+    }
 }
 
 impl Connection {
     /// Connects to a standalone server (`redis://…`, or `rediss://…` with the `tls` feature,
     /// verified against `root_certificate` (PEM) when given, the system's roots otherwise).
+    /// `connections` multiplexed connections are opened; calls take turns on them.
     pub(crate) async fn standalone(
         url: &str,
         connect_timeout: Duration,
         root_certificate: Option<&[u8]>,
+        connections: usize,
     ) -> RedisResult<Self> {
         let client = client(url, root_certificate)?;
         let config = ConnectionManagerConfig::new()
@@ -39,9 +62,14 @@ impl Connection {
             // Each call carries its own deadline (reconnecting and script reloads included).
             .set_response_timeout(None)
             .set_number_of_retries(1);
-        Ok(Connection::Standalone(
-            ConnectionManager::new_with_config(client, config).await?,
-        ))
+        let mut opened = Vec::with_capacity(connections);
+        for _ in 0..connections.max(1) {
+            opened.push(ConnectionManager::new_with_config(client.clone(), config.clone()).await?);
+        }
+        Ok(Connection::Standalone(Pipelines {
+            connections: opened.into(),
+            next: Arc::new(AtomicUsize::new(0)),
+        }))
     }
 
     /// Connects to a Cluster through any of `nodes` (`redis://host:port` each, or
@@ -58,24 +86,31 @@ impl Connection {
         Ok(Connection::Cluster(client.get_async_connection().await?))
     }
 
-    /// Runs `script` with `keys` (one slot) and `args`.
+    /// Runs `script` with `keys` (one slot) and `args`: `EVALSHA`, and on NOSCRIPT (the
+    /// script never ran) `SCRIPT LOAD` and once more.
     pub(crate) async fn eval(
         &self,
         script: &Script,
         keys: &[String],
         args: &[i64],
     ) -> RedisResult<Value> {
-        let mut invocation = script.prepare_invoke();
+        // Built once, straight into the command's buffer: no per-argument allocation.
+        let mut command = redis::Cmd::with_capacity(
+            3 + keys.len() + args.len(),
+            64 + keys.iter().map(|k| k.len() + 16).sum::<usize>() + 24 * args.len(),
+        );
+        command
+            .arg("EVALSHA")
+            .arg(script.get_hash())
+            .arg(keys.len());
         for key in keys {
-            invocation.key(key);
+            command.arg(key.as_str());
         }
-        for arg in args {
-            invocation.arg(arg);
+        for &arg in args {
+            command.arg(arg);
         }
         match self {
-            Connection::Standalone(connection) => {
-                invocation.invoke_async(&mut connection.clone()).await
-            }
+            Connection::Standalone(pipelines) => evalsha(&command, &mut pipelines.next()).await,
             Connection::Cluster(connection) => {
                 let mut connection = connection.clone();
                 let mut redirects = 0;
@@ -83,8 +118,8 @@ impl Connection {
                 let mut target: Option<SingleNodeRoutingInfo> = None;
                 loop {
                     let result = match &target {
-                        None => invocation.invoke_async(&mut connection).await,
-                        Some(node) => ask(&mut connection, node.clone(), script, keys, args).await,
+                        None => evalsha(&command, &mut connection).await,
+                        Some(node) => ask(&mut connection, node.clone(), &command).await,
                     };
                     let error = match result {
                         Err(error) if redirects < MAX_REDIRECTS => error,
@@ -114,9 +149,7 @@ impl Connection {
         command: &redis::Cmd,
     ) -> RedisResult<T> {
         match self {
-            Connection::Standalone(connection) => {
-                command.query_async(&mut connection.clone()).await
-            }
+            Connection::Standalone(pipelines) => command.query_async(&mut pipelines.next()).await,
             Connection::Cluster(connection) => {
                 let mut connection = connection.clone();
                 let mut redirects = 0;
@@ -230,42 +263,59 @@ fn node_of(error: &RedisError) -> Option<SingleNodeRoutingInfo> {
     })
 }
 
-/// Runs the script once on `node`, which is importing the slot, after `ASKING` (loading it
-/// there first if that node's cache lacks it).
+/// Runs `command` (`EVALSHA` …) and, should the server not have the script cached
+/// (NOSCRIPT: nothing ran), loads it and runs the command once more. A Cluster routes
+/// `SCRIPT LOAD` to every master.
+async fn evalsha(
+    command: &redis::Cmd,
+    connection: &mut impl redis::aio::ConnectionLike,
+) -> RedisResult<Value> {
+    match command.query_async::<Value>(connection).await {
+        Err(error) if error.kind() == redis::ErrorKind::Server(ServerErrorKind::NoScript) => {
+            load().query_async::<Value>(connection).await?;
+            command.query_async(connection).await
+        }
+        reply => reply,
+    }
+}
+
+/// The decision script's source: the only script this store runs.
+pub(crate) const DECIDE: &str = include_str!("scripts/decide.lua");
+
+/// `SCRIPT LOAD` of the decision script.
+fn load() -> redis::Cmd {
+    let mut load = redis::cmd("SCRIPT");
+    load.arg("LOAD").arg(DECIDE);
+    load
+}
+
+/// Runs `command` once on `node`, which is importing the slot, after `ASKING` (loading the
+/// script there first if that node's cache lacks it).
 async fn ask(
     connection: &mut ClusterConnection,
     node: SingleNodeRoutingInfo,
-    script: &Script,
-    keys: &[String],
-    args: &[i64],
+    command: &redis::Cmd,
 ) -> RedisResult<Value> {
-    let evalsha = || {
+    let asking = || {
         let mut pipe = redis::pipe();
-        pipe.cmd("ASKING")
-            .cmd("EVALSHA")
-            .arg(script.get_hash())
-            .arg(keys.len())
-            .arg(keys)
-            .arg(args);
+        pipe.cmd("ASKING").add_command(command.clone());
         pipe
     };
     // The reply to EVALSHA only: skip the one to ASKING.
     let reply = connection
-        .route_pipeline(evalsha(), 1, 1, node.clone())
+        .route_pipeline(asking(), 1, 1, node.clone())
         .await
         .and_then(first);
     match reply {
         Err(error) if error.kind() == redis::ErrorKind::Server(ServerErrorKind::NoScript) => {
-            let mut load = redis::cmd("SCRIPT");
-            load.arg("LOAD").arg(script_source(script));
             connection
                 .route_command(
-                    load,
+                    load(),
                     redis::cluster_routing::RoutingInfo::SingleNode(node.clone()),
                 )
                 .await?;
             connection
-                .route_pipeline(evalsha(), 1, 1, node)
+                .route_pipeline(asking(), 1, 1, node)
                 .await
                 .and_then(first)
         }
@@ -279,9 +329,4 @@ fn first(mut values: Vec<Value>) -> RedisResult<Value> {
         .pop()
         .ok_or_else(|| RedisError::from((redis::ErrorKind::Client, "empty pipeline reply")))?
         .extract_error()
-}
-
-/// The decision script's source (the only script this store runs).
-fn script_source(_script: &Script) -> &'static str {
-    include_str!("scripts/decide.lua")
 }

@@ -97,6 +97,13 @@ impl Breaker {
     }
 
     pub(crate) fn success(&self) {
+        // The common case writes nothing: no cache line bounces between worker threads.
+        if self.failures.load(Ordering::Acquire) == 0
+            && self.open_until.load(Ordering::Acquire) == 0
+            && !self.probing.load(Ordering::Acquire)
+        {
+            return;
+        }
         self.failures.store(0, Ordering::Release);
         self.open_until.store(0, Ordering::Release);
         self.probing.store(false, Ordering::Release);

@@ -15,7 +15,20 @@ const DIGITS: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz
 pub(crate) fn keys(prefix: &str, policy: &Policy, key: &str) -> Vec<String> {
     let tag = tag(policy.name(), key);
     (0..policy.limits().len())
-        .map(|i| format!("{prefix}{LAYOUT}{{{tag}}}{i}"))
+        .map(|i| {
+            let mut name = String::with_capacity(prefix.len() + LAYOUT.len() + TAG_LEN + 4);
+            name.push_str(prefix);
+            name.push_str(LAYOUT);
+            name.push('{');
+            name.push_str(&tag);
+            name.push('}');
+            // Limits are fewer than 100 (`floodgate::MAX_LIMITS`).
+            if i >= 10 {
+                name.push(char::from(b'0' + (i / 10) as u8));
+            }
+            name.push(char::from(b'0' + (i % 10) as u8));
+            name
+        })
         .collect()
 }
 
@@ -71,6 +84,19 @@ mod tests {
         assert_ne!(keys("", &policy, "a"), keys("", &policy, "b"));
         let other = Policy::parse("pro", "5/s; 1000/d").unwrap();
         assert_ne!(keys("", &policy, "a"), keys("", &other, "a"));
+    }
+
+    #[test]
+    fn limit_indexes_past_nine_get_two_digits() {
+        let limits: Vec<String> = (1..=floodgate::MAX_LIMITS)
+            .map(|i| format!("{i}/h"))
+            .collect();
+        let policy = Policy::parse("many", &limits.join("; ")).unwrap();
+        let keys = keys("", &policy, "k");
+        assert_eq!(keys.len(), floodgate::MAX_LIMITS);
+        for (i, k) in keys.iter().enumerate() {
+            assert!(k.ends_with(&format!("}}{i}")), "{k}");
+        }
     }
 
     #[test]

@@ -62,6 +62,7 @@ pub struct RedisStoreBuilder<C: Clock = MonotonicClock> {
     breaker_cooldown: Duration,
     deny_cache: usize,
     root_certificate: Option<Vec<u8>>,
+    connections: usize,
 }
 
 impl RedisStore {
@@ -85,6 +86,7 @@ impl RedisStore {
             breaker_cooldown: DEFAULT_BREAKER_COOLDOWN,
             deny_cache: DEFAULT_DENY_CACHE,
             root_certificate: None,
+            connections: 1,
         }
     }
 }
@@ -132,6 +134,16 @@ impl<C: Clock> RedisStoreBuilder<C> {
         self
     }
 
+    /// How many multiplexed connections to a standalone server calls take turns on
+    /// (default 1, at most 64). One pipelined connection carries tens of thousands of
+    /// decisions a second; a few let Redis work on one batch while the replies of another
+    /// travel back, for nodes that make more decisions than that. A Cluster keeps one
+    /// connection per node: the setting must stay 1 there.
+    pub fn connections(mut self, connections: usize) -> Self {
+        self.connections = connections;
+        self
+    }
+
     /// How many denied keys this node remembers (default 100 000; 0 turns the cache off).
     /// While Redis's last answer for a key still denies, later checks of that key are
     /// denied here without a round trip, with the same arithmetic; anything that might pass
@@ -166,6 +178,7 @@ impl<C: Clock> RedisStoreBuilder<C> {
             breaker_cooldown: self.breaker_cooldown,
             deny_cache: self.deny_cache,
             root_certificate: self.root_certificate,
+            connections: self.connections,
         }
     }
 
@@ -187,6 +200,21 @@ impl<C: Clock> RedisStoreBuilder<C> {
             policy
                 .validate()
                 .map_err(|reason| config("on_failure_for", format!("policy {name:?}: {reason}")))?;
+        }
+        if !(1..=MAX_CONNECTIONS).contains(&self.connections) {
+            return Err(config(
+                "connections",
+                format!(
+                    "must be from 1 to {MAX_CONNECTIONS}, got {}",
+                    self.connections
+                ),
+            ));
+        }
+        if self.connections > 1 && cluster_nodes(&self.url).is_some() {
+            return Err(config(
+                "connections",
+                "a Cluster keeps one connection per node; leave it at 1".into(),
+            ));
         }
         if self.timeout.is_zero() {
             return Err(config("timeout", "must be longer than zero".into()));
@@ -214,6 +242,7 @@ impl<C: Clock> RedisStoreBuilder<C> {
                     &self.url,
                     self.connect_timeout,
                     self.root_certificate.as_deref(),
+                    self.connections,
                 )
                 .await
             }
@@ -242,7 +271,7 @@ impl<C: Clock> RedisStoreBuilder<C> {
         })?;
         let store = RedisStore {
             connection,
-            script: Arc::new(redis::Script::new(include_str!("scripts/decide.lua"))),
+            script: Arc::new(redis::Script::new(crate::connection::DECIDE)),
             prefix: self.prefix.into(),
             timeout: self.timeout,
             clock: self.clock,
@@ -335,7 +364,8 @@ impl<C: Clock> RedisStore<C> {
         } else {
             -1
         };
-        let mut args = vec![i64::from(op), i64::from(cost), now];
+        let mut args = Vec::with_capacity(3 + 2 * rates.len());
+        args.extend([i64::from(op), i64::from(cost), now]);
         for rate in &rates {
             args.push(i64::try_from(rate.interval()).unwrap_or(i64::MAX));
             args.push(i64::try_from(rate.burst()).unwrap_or(i64::MAX));
@@ -348,7 +378,11 @@ impl<C: Clock> RedisStore<C> {
         let failure = match call.await.unwrap_or_else(|_| Err(timed_out())) {
             Ok(reply) => {
                 self.breaker.success();
-                let (decision, ahead) = parse_reply(&flatten(reply), &rates)?;
+                let (decision, ahead) = match reply {
+                    // The single-limit admission: no array to unpack.
+                    redis::Value::Int(ahead) => parse_reply(&[1, 0, 0, ahead], &rates)?,
+                    reply => parse_reply(&flatten(reply), &rates)?,
+                };
                 if let Some(cache) = &self.cache {
                     cache.record(policy, key, &rates, self.local_micros(), &ahead);
                 }
@@ -454,13 +488,12 @@ pub(crate) fn parse_reply(reply: &[i64], rates: &[Rate]) -> Result<(Decision, Ve
     if reply.len() != 3 + rates.len() {
         return Err(bad());
     }
-    let values: Vec<u64> = reply
-        .iter()
-        .map(|&v| u64::try_from(v))
-        .collect::<Result<_, _>>()
-        .map_err(|_| bad())?;
-    let allowed = values[0] == 1;
-    let ahead = values[3..].to_vec();
+    if reply.iter().any(|&v| v < 0) {
+        return Err(bad());
+    }
+    let value = |i: usize| reply[i].unsigned_abs();
+    let allowed = value(0) == 1;
+    let ahead: Vec<u64> = reply[3..].iter().map(|v| v.unsigned_abs()).collect();
     let left = |i: usize| rates[i].tolerance().saturating_sub(ahead[i]);
     let decided_by = if allowed {
         // The limit with the fewest whole tokens left; ties to the lowest index.
@@ -468,7 +501,7 @@ pub(crate) fn parse_reply(reply: &[i64], rates: &[Rate]) -> Result<(Decision, Ve
             .min_by_key(|&i| (left(i) / rates[i].interval(), i))
             .unwrap_or(0)
     } else {
-        usize::try_from(values[1])
+        usize::try_from(value(1))
             .ok()
             .filter(|&i| i < rates.len())
             .ok_or_else(bad)?
@@ -479,7 +512,7 @@ pub(crate) fn parse_reply(reply: &[i64], rates: &[Rate]) -> Result<(Decision, Ve
         burst: rates[decided_by].burst(),
         left: left(decided_by),
         interval: rates[decided_by].interval(),
-        retry_after: if allowed { 0 } else { values[2] },
+        retry_after: if allowed { 0 } else { value(2) },
         reset_after: ahead.iter().copied().max().unwrap_or(0),
         write: false,
     };
@@ -548,6 +581,7 @@ impl<C: Clock> fmt::Debug for RedisStoreBuilder<C> {
             .field("prefix", &self.prefix)
             .field("timeout", &self.timeout)
             .field("connect_timeout", &self.connect_timeout)
+            .field("connections", &self.connections)
             .field(
                 "tls_root_certificate",
                 &self
@@ -558,6 +592,9 @@ impl<C: Clock> fmt::Debug for RedisStoreBuilder<C> {
             .finish()
     }
 }
+
+/// The most connections to one standalone server.
+const MAX_CONNECTIONS: usize = 64;
 
 fn config(knob: &'static str, reason: String) -> Error {
     Error::InvalidConfig { knob, reason }

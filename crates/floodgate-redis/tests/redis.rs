@@ -39,6 +39,44 @@ async fn decides_on_the_servers_clock_and_sets_a_ttl_on_every_key() {
 }
 
 #[tokio::test]
+async fn calls_take_turns_on_several_connections_over_one_set_of_buckets() {
+    let server = RedisServer::start();
+    let store = RedisStore::builder(&server.url())
+        .connections(3)
+        .deny_cache(0)
+        .build()
+        .await
+        .unwrap();
+    let clients = server.cli(&["CLIENT", "LIST"]);
+    // Ours, and the redis-cli asking.
+    assert_eq!(clients.lines().count(), 3 + 1, "{clients}");
+    let limiter = RateLimiter::new(store);
+    let policy = Policy::parse("turns", "10/h").unwrap();
+    let mut admitted = 0;
+    for i in 0..30 {
+        if i == 15 {
+            // Every connection finds the script gone; each reloads it on its own.
+            assert_eq!(server.cli(&["SCRIPT", "FLUSH"]), "OK");
+        }
+        if limiter.check(&policy, "k").await.unwrap().is_allowed() {
+            admitted += 1;
+        }
+    }
+    assert_eq!(
+        admitted, 10,
+        "one bucket, whichever connection carried the call"
+    );
+    let served: u64 = server
+        .cli(&["CLIENT", "LIST"])
+        .lines()
+        .filter(|l| !l.contains("cmd=client"))
+        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("cmd=")))
+        .filter(|cmd| cmd.starts_with("evalsha"))
+        .count() as u64;
+    assert_eq!(served, 3, "every connection carried calls");
+}
+
+#[tokio::test]
 async fn losing_the_script_cache_is_invisible_to_callers() {
     let server = RedisServer::start();
     let limiter = RateLimiter::new(RedisStore::connect(&server.url()).await.unwrap());
@@ -81,6 +119,32 @@ async fn bad_urls_and_settings_are_clear_errors() {
             "{url}: {error:?}"
         );
         assert!(error.to_string().contains(message), "{url}: {error}");
+    }
+    for (url, connections, message) in [
+        ("redis://127.0.0.1:1", 0, "must be from 1 to 64, got 0"),
+        ("redis://127.0.0.1:1", 65, "must be from 1 to 64, got 65"),
+        (
+            "redis+cluster://127.0.0.1:1,127.0.0.1:2",
+            2,
+            "a Cluster keeps one connection per node",
+        ),
+    ] {
+        let error = RedisStore::builder(url)
+            .connections(connections)
+            .build()
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                error,
+                Error::InvalidConfig {
+                    knob: "connections",
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains(message), "{error}");
     }
     let error = RedisStore::builder("redis://127.0.0.1:1")
         .key_prefix("{app}")

@@ -46,11 +46,6 @@ if op == 2 then cost = 1 end
 -- The shortest TTL written, in milliseconds (see ARGV[3]).
 local min_ttl = 1
 if now >= 0 then min_ttl = 3600000 end
-local function ttl(ahead)
-  local ms = math.ceil(ahead / 1000)
-  if ms < min_ttl then return min_ttl end
-  return ms
-end
 
 if n == 1 then
   local t, b = tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -74,22 +69,32 @@ if n == 1 then
   local base = tat
   if base < now then base = now end
   local new = base + cost * t
+  local wait = new - now - tolerance
+  if op == 1 and wait <= 0 then
+    -- The hot path: an admission. TTL: until the bucket is full again.
+    local ms = math.ceil((new - now) / 1000)
+    if ms < min_ttl then ms = min_ttl end
+    redis.call('SET', KEYS[1], new, 'PX', ms)
+    return new - now
+  end
   if op == 3 then
-    local fits = new - now <= tolerance
     if new > now + 2 * tolerance then new = now + 2 * tolerance end
-    redis.call('SET', KEYS[1], new, 'PX', ttl(new - now))
-    if fits then return new - now end
+    local ms = math.ceil((new - now) / 1000)
+    if ms < min_ttl then ms = min_ttl end
+    redis.call('SET', KEYS[1], new, 'PX', ms)
+    if wait <= 0 then return new - now end
     return { 0, 0, new + t - now - tolerance, new - now }
   end
-  local wait = new - now - tolerance
-  if wait > 0 or op == 2 then
-    local ahead = tat - now
-    if ahead < 0 then ahead = 0 end
-    if wait > 0 then return { 0, 0, wait, ahead } end
-    return ahead
-  end
-  redis.call('SET', KEYS[1], new, 'PX', ttl(new - now))
-  return new - now
+  local ahead = tat - now
+  if ahead < 0 then ahead = 0 end
+  if wait > 0 then return { 0, 0, wait, ahead } end
+  return ahead
+end
+
+local function ttl(ahead)
+  local ms = math.ceil(ahead / 1000)
+  if ms < min_ttl then return min_ttl end
+  return ms
 end
 
 local function limit(i)
