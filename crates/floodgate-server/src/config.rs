@@ -116,6 +116,11 @@ pub enum StoreUrl {
 }
 
 impl StoreUrl {
+    /// Whether the URL names a Cluster (`redis+cluster://`, `rediss+cluster://`).
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, StoreUrl::Redis(url) if url.expose().contains("+cluster://"))
+    }
+
     /// Whether the URL asks for TLS (`rediss://`, `rediss+cluster://`).
     pub fn is_tls(&self) -> bool {
         matches!(self, StoreUrl::Redis(url) if url.expose().starts_with("rediss"))
@@ -161,6 +166,8 @@ pub struct StoreConfig {
     /// `store.tls_ca_file`: where the certificate authority (PEM) trusted for a `rediss://`
     /// store came from, and its contents; `None`: the system's roots.
     pub tls_ca: Option<(PathBuf, Vec<u8>)>,
+    /// Multiplexed connections to a standalone Redis that calls take turns on.
+    pub connections: usize,
 }
 
 /// One `[policies]` entry.
@@ -237,6 +244,7 @@ struct RawStore {
     local_share: Option<f64>,
     timeout: Option<String>,
     tls_ca_file: Option<String>,
+    connections: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -424,9 +432,32 @@ impl Config {
                 Some((path, pem))
             }
         };
+        let connections = match raw.store.connections {
+            None => 1,
+            Some(_) if !matches!(url, StoreUrl::Redis(_)) => {
+                return Err(err(
+                    "store.connections",
+                    "applies to the Redis store only".into(),
+                ));
+            }
+            Some(n) if !(1..=64).contains(&n) => {
+                return Err(err(
+                    "store.connections",
+                    format!("must be from 1 to 64, got {n}"),
+                ));
+            }
+            Some(n) if n > 1 && url.is_cluster() => {
+                return Err(err(
+                    "store.connections",
+                    "a Cluster keeps one connection per node; leave it at 1".into(),
+                ));
+            }
+            Some(n) => n.unsigned_abs() as usize,
+        };
         let store = StoreConfig {
             url,
             max_keys,
+            connections,
             on_error: raw.store.on_error.unwrap_or(OnError::Allow),
             local_share: raw.store.local_share,
             timeout,
@@ -603,6 +634,9 @@ impl Config {
                 );
                 if let Some(share) = self.store.local_share {
                     let _ = write!(out, ", local_share {share}");
+                }
+                if self.store.connections > 1 {
+                    let _ = write!(out, ", connections {}", self.store.connections);
                 }
                 if let Some((path, _)) = &self.store.tls_ca {
                     let _ = write!(out, ", tls_ca_file {}", path.display());

@@ -292,6 +292,7 @@ async fn build_store(config: &Config) -> Result<AnyStore, ConfigError> {
             .map_err(|e| ConfigError::new(&origin, "store.max_keys", e.to_string())),
         StoreUrl::Redis(url) => {
             let mut builder = RedisStore::builder(url.expose())
+                .connections(config.store.connections)
                 .timeout(config.store.timeout)
                 .on_failure(failure_policy(config.store.on_error, &config.store));
             for (name, p) in &config.policies {

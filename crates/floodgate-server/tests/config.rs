@@ -42,6 +42,10 @@ const BAD: &[(&str, &str)] = &[
         "bad/bad_timeout.toml: store.timeout: 'soon' is not a duration such as \"50ms\": expected number at 0",
     ),
     (
+        "cluster_connections.toml",
+        "bad/cluster_connections.toml: store.connections: a Cluster keeps one connection per node; leave it at 1",
+    ),
+    (
         "empty_admin_token.toml",
         "bad/empty_admin_token.toml: server.admin_token: must not be empty (remove the key to leave /v1/reset open)",
     ),
@@ -112,6 +116,10 @@ const BAD: &[(&str, &str)] = &[
     (
         "zero_burst.toml",
         "bad/zero_burst.toml: policies.free: invalid limit \"5/s burst 0\": burst must be at least 1",
+    ),
+    (
+        "zero_connections.toml",
+        "bad/zero_connections.toml: store.connections: must be from 1 to 64, got 0",
     ),
     (
         "zero_max_keys.toml",

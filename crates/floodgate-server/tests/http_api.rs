@@ -381,6 +381,7 @@ async fn on_redis_the_same_contract_holds_and_failure_policies_apply() {
 url = "{}"
 timeout = "200ms"
 on_error = "allow"
+connections = 2
 
 [policies]
 tight = "1/hour burst 3"
