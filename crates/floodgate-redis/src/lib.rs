@@ -33,6 +33,15 @@
 //! about one chance in 4 × 10^11 among ten million live keys. `fg1` is the layout version: a
 //! future layout will use another, so both can coexist during a rolling upgrade.
 //!
+//! # Connections
+//!
+//! Every decision is one `EVALSHA` on a multiplexed connection: calls from all tasks are
+//! pipelined on one socket per node. For a standalone server,
+//! [`RedisStoreBuilder::connections`] opens several that calls take turns on, for nodes
+//! making tens of thousands of Redis decisions a second.
+//!
+//! # Policy changes
+//!
 //! State is keyed by the policy's *name*: changing a policy's rates under the same name keeps
 //! the stored TATs and reads them with the new rates (a throttled key stays throttled for at
 //! most its old debt). Rename the policy to start from full buckets.
