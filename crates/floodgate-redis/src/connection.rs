@@ -5,9 +5,9 @@
 //! in the cache: load it, run again), MOVED (the slot lives elsewhere: the slot map is
 //! refreshed, run again), ASK (the slot is migrating: run once on the named node after
 //! `ASKING`) and READONLY (the node became a replica in a failover and refused the first
-//! write — a replica writes nothing: the slot map is refreshed, run again). Anything whose outcome is unknown — a timeout, a connection lost after sending —
-//! is returned to the caller, never replayed. The Cluster client's own retries are turned
-//! off for that reason.
+//! write — a replica writes nothing: the slot map is refreshed, run again). Anything whose
+//! outcome is unknown — a timeout, a connection lost after sending — is returned to the
+//! caller, never replayed. The Cluster client's own retries are turned off for that reason.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
