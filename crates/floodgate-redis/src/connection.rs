@@ -9,8 +9,8 @@
 //! outcome is unknown — a timeout, a connection lost after sending — is returned to the
 //! caller, never replayed. The Cluster client's own retries are turned off for that reason.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -86,14 +86,9 @@ impl Connection {
         Ok(Connection::Cluster(client.get_async_connection().await?))
     }
 
-    /// Runs `script` with `keys` (one slot) and `args`: `EVALSHA`, and on NOSCRIPT (the
-    /// script never ran) `SCRIPT LOAD` and once more.
-    pub(crate) async fn eval(
-        &self,
-        script: &Script,
-        keys: &[String],
-        args: &[i64],
-    ) -> RedisResult<Value> {
+    /// Runs the decision script with `keys` (one slot) and `args`: `EVALSHA`, and on
+    /// NOSCRIPT (the script never ran) `SCRIPT LOAD` and once more.
+    pub(crate) async fn eval(&self, keys: &[String], args: &[i64]) -> RedisResult<Value> {
         // Built once, straight into the command's buffer: no per-argument allocation.
         let mut command = redis::Cmd::with_capacity(
             3 + keys.len() + args.len(),
@@ -101,7 +96,7 @@ impl Connection {
         );
         command
             .arg("EVALSHA")
-            .arg(script.get_hash())
+            .arg(DECIDE_SHA.as_str())
             .arg(keys.len());
         for key in keys {
             command.arg(key.as_str());
@@ -280,7 +275,10 @@ async fn evalsha(
 }
 
 /// The decision script's source: the only script this store runs.
-pub(crate) const DECIDE: &str = include_str!("scripts/decide.lua");
+const DECIDE: &str = include_str!("scripts/decide.lua");
+
+/// Its SHA-1, the name `EVALSHA` calls it by.
+static DECIDE_SHA: LazyLock<String> = LazyLock::new(|| Script::new(DECIDE).get_hash().to_owned());
 
 /// `SCRIPT LOAD` of the decision script.
 fn load() -> redis::Cmd {

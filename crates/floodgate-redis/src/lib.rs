@@ -57,7 +57,7 @@ pub use failure::FailurePolicy;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
-pub use store::{RedisStore, RedisStoreBuilder, redact_url};
+pub use store::{MAX_CONNECTIONS, RedisStore, RedisStoreBuilder, redact_url};
 
 /// The README's examples (core and Redis), compiled and run as doctests.
 #[cfg(doctest)]

@@ -27,7 +27,7 @@ const OP_CHARGE: u8 = 3;
 
 /// Bucket state in Redis, shared by every process that uses the same server and prefix.
 ///
-/// Cheap to clone: clones share one multiplexed connection, which reconnects by itself
+/// Cheap to clone: clones share the multiplexed connection(s), which reconnect by themselves
 /// after the server restarts. A request whose outcome is unknown (a timeout, a connection
 /// lost after sending) is never sent again: it surfaces as [`Error::Store`]. A script
 /// missing from the server's cache (after a restart, failover or `SCRIPT FLUSH`) is loaded
@@ -35,7 +35,6 @@ const OP_CHARGE: u8 = 3;
 #[derive(Clone)]
 pub struct RedisStore<C: Clock = MonotonicClock> {
     connection: Connection,
-    script: Arc<redis::Script>,
     prefix: Arc<str>,
     timeout: Duration,
     clock: C,
@@ -271,7 +270,6 @@ impl<C: Clock> RedisStoreBuilder<C> {
         })?;
         let store = RedisStore {
             connection,
-            script: Arc::new(redis::Script::new(crate::connection::DECIDE)),
             prefix: self.prefix.into(),
             timeout: self.timeout,
             clock: self.clock,
@@ -371,18 +369,11 @@ impl<C: Clock> RedisStore<C> {
             args.push(i64::try_from(rate.burst()).unwrap_or(i64::MAX));
         }
         // One deadline for the whole call: reconnecting, redirects and a script reload.
-        let call = tokio::time::timeout(
-            self.timeout,
-            self.connection.eval(&self.script, &keys, &args),
-        );
+        let call = tokio::time::timeout(self.timeout, self.connection.eval(&keys, &args));
         let failure = match call.await.unwrap_or_else(|_| Err(timed_out())) {
             Ok(reply) => {
                 self.breaker.success();
-                let (decision, ahead) = match reply {
-                    // The single-limit admission: no array to unpack.
-                    redis::Value::Int(ahead) => parse_reply(&[1, 0, 0, ahead], &rates)?,
-                    reply => parse_reply(&flatten(reply), &rates)?,
-                };
+                let (decision, ahead) = read_reply(reply, &rates)?;
                 if let Some(cache) = &self.cache {
                     cache.record(policy, key, &rates, self.local_micros(), &ahead);
                 }
@@ -464,16 +455,20 @@ fn rate_in_micros(limit: &Limit) -> Result<floodgate::gcra::Rate, Error> {
         })
 }
 
-/// A script reply as integers: an array as is; a bare integer (the single-limit allowed
-/// path) as `{1, 0, 0, ahead}`; anything else as an empty (invalid) reply.
-fn flatten(reply: redis::Value) -> Vec<i64> {
+/// The decision in a script reply: a bare integer is the single-limit admission
+/// (`{1, 0, 0, ahead}`, no array to unpack), an array is read as is, anything else is an
+/// invalid reply.
+fn read_reply(reply: redis::Value, rates: &[Rate]) -> Result<(Decision, Vec<u64>), Error> {
     match reply {
-        redis::Value::Int(ahead) => vec![1, 0, 0, ahead],
-        redis::Value::Array(items) => items
-            .into_iter()
-            .map(|v| if let redis::Value::Int(i) = v { i } else { -1 })
-            .collect(),
-        _ => Vec::new(),
+        redis::Value::Int(ahead) => parse_reply(&[1, 0, 0, ahead], rates),
+        redis::Value::Array(items) => {
+            let integers: Vec<i64> = items
+                .into_iter()
+                .map(|v| if let redis::Value::Int(i) = v { i } else { -1 })
+                .collect();
+            parse_reply(&integers, rates)
+        }
+        _ => parse_reply(&[], rates),
     }
 }
 
@@ -593,8 +588,8 @@ impl<C: Clock> fmt::Debug for RedisStoreBuilder<C> {
     }
 }
 
-/// The most connections to one standalone server.
-const MAX_CONNECTIONS: usize = 64;
+/// The most connections [`RedisStoreBuilder::connections`] opens to one standalone server.
+pub const MAX_CONNECTIONS: usize = 64;
 
 fn config(knob: &'static str, reason: String) -> Error {
     Error::InvalidConfig { knob, reason }
@@ -732,7 +727,7 @@ mod tests {
                     let _ = cache.deny(&policy, "k", &rates, now.saturating_add(1), floodgate::gcra::Op::Acquire(1));
                 }
             }
-            let _ = flatten(redis::Value::Array(reply.iter().map(|&v| redis::Value::Int(v)).collect()));
+            let _ = read_reply(redis::Value::Array(reply.iter().map(|&v| redis::Value::Int(v)).collect()), &rates);
         }
     }
 

@@ -113,12 +113,7 @@ async fn bad_urls_and_settings_are_clear_errors() {
         ("rediss+cluster://", "no Cluster node given"),
     ];
     for (url, message) in cases {
-        let error = RedisStore::connect(url).await.unwrap_err();
-        assert!(
-            matches!(error, Error::InvalidConfig { knob: "url", .. }),
-            "{url}: {error:?}"
-        );
-        assert!(error.to_string().contains(message), "{url}: {error}");
+        assert_invalid(RedisStore::connect(url).await.unwrap_err(), "url", message);
     }
     for (url, connections, message) in [
         ("redis://127.0.0.1:1", 0, "must be from 1 to 64, got 0"),
@@ -129,38 +124,13 @@ async fn bad_urls_and_settings_are_clear_errors() {
             "a Cluster keeps one connection per node",
         ),
     ] {
-        let error = RedisStore::builder(url)
-            .connections(connections)
-            .build()
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(
-                error,
-                Error::InvalidConfig {
-                    knob: "connections",
-                    ..
-                }
-            ),
-            "{error:?}"
-        );
-        assert!(error.to_string().contains(message), "{error}");
+        let built = RedisStore::builder(url).connections(connections).build();
+        assert_invalid(built.await.unwrap_err(), "connections", message);
     }
-    let error = RedisStore::builder("redis://127.0.0.1:1")
+    let built = RedisStore::builder("redis://127.0.0.1:1")
         .key_prefix("{app}")
-        .build()
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            error,
-            Error::InvalidConfig {
-                knob: "key_prefix",
-                ..
-            }
-        ),
-        "{error:?}"
-    );
+        .build();
+    assert_invalid(built.await.unwrap_err(), "key_prefix", "brace");
 
     // Nothing listens on the port of a server that has just stopped.
     let port = RedisServer::start().port();
@@ -267,4 +237,13 @@ fn warns_in_the_log_when_redis_may_evict_limiter_keys() {
     let safe = RedisServer::start();
     let log = logs_while_connecting(&safe);
     assert!(!log.contains("maxmemory"), "noeviction is quiet: {log}");
+}
+
+/// `error` is `InvalidConfig` for `knob`, and its message contains `message`.
+fn assert_invalid(error: Error, knob: &str, message: &str) {
+    assert!(
+        matches!(&error, Error::InvalidConfig { knob: k, .. } if *k == knob),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains(message), "{error}");
 }

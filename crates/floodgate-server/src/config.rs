@@ -440,10 +440,13 @@ impl Config {
                     "applies to the Redis store only".into(),
                 ));
             }
-            Some(n) if !(1..=64).contains(&n) => {
+            Some(n) if !(1..=floodgate_redis::MAX_CONNECTIONS as i64).contains(&n) => {
                 return Err(err(
                     "store.connections",
-                    format!("must be from 1 to 64, got {n}"),
+                    format!(
+                        "must be from 1 to {}, got {n}",
+                        floodgate_redis::MAX_CONNECTIONS
+                    ),
                 ));
             }
             Some(n) if n > 1 && url.is_cluster() => {
