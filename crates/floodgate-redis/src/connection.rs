@@ -79,11 +79,24 @@ impl Connection {
         connect_timeout: Duration,
         root_certificate: Option<&[u8]>,
     ) -> RedisResult<Self> {
-        let builder = redis::cluster::ClusterClient::builder(nodes)
-            .retries(0)
-            .connection_timeout(connect_timeout);
-        let client = with_root_certificate(builder, root_certificate).build()?;
+        let client = cluster_client(nodes, connect_timeout, root_certificate)?;
         Ok(Connection::Cluster(client.get_async_connection().await?))
+    }
+
+    /// Parses a standalone URL and TLS settings as [`standalone`](Self::standalone) does,
+    /// without connecting.
+    pub(crate) fn check_standalone(url: &str, root_certificate: Option<&[u8]>) -> RedisResult<()> {
+        client(url, root_certificate).map(drop)
+    }
+
+    /// Parses Cluster node URLs and TLS settings as [`cluster`](Self::cluster) does, without
+    /// connecting.
+    pub(crate) fn check_cluster(
+        nodes: Vec<String>,
+        connect_timeout: Duration,
+        root_certificate: Option<&[u8]>,
+    ) -> RedisResult<()> {
+        cluster_client(nodes, connect_timeout, root_certificate).map(drop)
     }
 
     /// Runs the decision script with `keys` (one slot) and `args`: `EVALSHA`, and on
@@ -167,6 +180,17 @@ impl Connection {
             }
         }
     }
+}
+
+fn cluster_client(
+    nodes: Vec<String>,
+    connect_timeout: Duration,
+    root_certificate: Option<&[u8]>,
+) -> RedisResult<redis::cluster::ClusterClient> {
+    let builder = redis::cluster::ClusterClient::builder(nodes)
+        .retries(0)
+        .connection_timeout(connect_timeout);
+    with_root_certificate(builder, root_certificate).build()
 }
 
 #[cfg(feature = "tls")]

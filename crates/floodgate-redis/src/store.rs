@@ -181,9 +181,11 @@ impl<C: Clock> RedisStoreBuilder<C> {
         }
     }
 
-    /// Connects and checks the server: refuses bad URLs and settings with a clear error,
-    /// and warns (a `tracing` event at WARN level) when Redis may evict limiter keys.
-    pub async fn build(self) -> Result<RedisStore<C>, Error> {
+    /// Runs every check [`build`](Self::build) makes short of connecting: the settings, and
+    /// the URL (every Cluster node's) and TLS settings parsed as connecting would parse them.
+    /// What `floodgate check-config` runs, so it refuses exactly what a start refuses before
+    /// reaching the network.
+    pub fn check(&self) -> Result<(), Error> {
         let redacted = redact_url(&self.url);
         keys::validate_prefix(&self.prefix).map_err(|reason| config("key_prefix", reason))?;
         if self.breaker_failures == 0 {
@@ -224,19 +226,73 @@ impl<C: Clock> RedisStoreBuilder<C> {
                 format!("{redacted}: TLS (rediss://) needs floodgate-redis's `tls` feature"),
             ));
         }
-        let connect = match cluster_nodes(&self.url) {
-            Some(nodes) => {
+        let parsed = match self.target()? {
+            Target::Cluster(nodes) => Connection::check_cluster(
+                nodes,
+                self.connect_timeout,
+                self.root_certificate.as_deref(),
+            ),
+            Target::Standalone => {
+                Connection::check_standalone(&self.url, self.root_certificate.as_deref())
+            }
+        };
+        parsed.map_err(|e| self.connect_error(e))
+    }
+
+    /// A Cluster's node URLs, or a standalone server; an error for any other URL.
+    fn target(&self) -> Result<Target, Error> {
+        match cluster_nodes(&self.url) {
+            Some(nodes) => Ok(Target::Cluster(nodes?)),
+            None if ["redis://", "rediss://", "unix://"]
+                .iter()
+                .any(|scheme| self.url.starts_with(scheme)) =>
+            {
+                Ok(Target::Standalone)
+            }
+            None => Err(config(
+                "url",
+                format!(
+                    "{}: expected redis://host:port, rediss://host:port, \
+                     redis+cluster://host:port,host:port or rediss+cluster://host:port,host:port",
+                    redact_url(&self.url)
+                ),
+            )),
+        }
+    }
+
+    /// A connection error as the caller sees it: a bad URL is a config error, anything else
+    /// a store error; the password never appears.
+    fn connect_error(&self, e: redis::RedisError) -> Error {
+        let redacted = redact_url(&self.url);
+        if e.kind() == redis::ErrorKind::InvalidClientConfig {
+            config(
+                "url",
+                format!("{redacted}: {}", sanitize(&e.to_string(), &self.url)),
+            )
+        } else {
+            store_error(format!(
+                "cannot connect to {redacted}: {}",
+                sanitize(&e.to_string(), &self.url)
+            ))
+        }
+    }
+
+    /// Connects and checks the server: refuses bad URLs and settings with a clear error
+    /// (everything [`check`](Self::check) refuses), and warns (a `tracing` event at WARN
+    /// level) when Redis may evict limiter keys.
+    pub async fn build(self) -> Result<RedisStore<C>, Error> {
+        self.check()?;
+        let redacted = redact_url(&self.url);
+        let connect = match self.target()? {
+            Target::Cluster(nodes) => {
                 Connection::cluster(
-                    nodes?,
+                    nodes,
                     self.connect_timeout,
                     self.root_certificate.as_deref(),
                 )
                 .await
             }
-            None if ["redis://", "rediss://", "unix://"]
-                .iter()
-                .any(|scheme| self.url.starts_with(scheme)) =>
-            {
+            Target::Standalone => {
                 Connection::standalone(
                     &self.url,
                     self.connect_timeout,
@@ -245,29 +301,8 @@ impl<C: Clock> RedisStoreBuilder<C> {
                 )
                 .await
             }
-            None => {
-                return Err(config(
-                    "url",
-                    format!(
-                        "{redacted}: expected redis://host:port, rediss://host:port, \
-                         redis+cluster://host:port,host:port or rediss+cluster://host:port,host:port"
-                    ),
-                ));
-            }
         };
-        let connection = connect.map_err(|e| {
-            if e.kind() == redis::ErrorKind::InvalidClientConfig {
-                config(
-                    "url",
-                    format!("{redacted}: {}", sanitize(&e.to_string(), &self.url)),
-                )
-            } else {
-                store_error(format!(
-                    "cannot connect to {redacted}: {}",
-                    sanitize(&e.to_string(), &self.url)
-                ))
-            }
-        })?;
+        let connection = connect.map_err(|e| self.connect_error(e))?;
         let store = RedisStore {
             connection,
             prefix: self.prefix.into(),
@@ -602,6 +637,14 @@ fn store_error(message: String) -> Error {
 /// The node URLs of a `redis+cluster://[user:password@]h1:p1,h2:p2` URL (the credentials
 /// apply to every node; `rediss+cluster://` makes every node `rediss://`), or `None` for
 /// another scheme.
+/// Where a URL points.
+enum Target {
+    /// A Cluster, through these node URLs.
+    Cluster(Vec<String>),
+    /// One server.
+    Standalone,
+}
+
 fn cluster_nodes(url: &str) -> Option<Result<Vec<String>, Error>> {
     let (scheme, rest) = [
         ("redis://", "redis+cluster://"),

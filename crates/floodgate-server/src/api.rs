@@ -31,6 +31,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .with_state(shared)
 }
 
@@ -123,9 +124,11 @@ async fn read_body(
         let Ok(data) = frame.into_data() else {
             continue;
         };
-        let size = first.as_ref().map_or(0, Bytes::len)
-            + rest.as_ref().map_or(0, bytes::BytesMut::len)
-            + data.len();
+        // `rest`, once started, holds `first` too: count each byte once.
+        let size = match &rest {
+            Some(joined) => joined.len(),
+            None => first.as_ref().map_or(0, Bytes::len),
+        } + data.len();
         if size > MAX_BODY {
             return Err(too_large());
         }
@@ -317,7 +320,8 @@ async fn decide(shared: &Shared, request: axum::extract::Request, op: Decide) ->
     };
     if op == Decide::Check {
         served.counters.record(&decision, served.shadow);
-        tracing::debug!(policy = %served.policy.name(), key = %request.key, allowed = decision.is_allowed(), "check");
+        // Escaped: a key with a newline or terminal codes cannot forge log lines.
+        tracing::debug!(policy = %served.policy.name(), key = %request.key.escape_debug(), allowed = decision.is_allowed(), "check");
     }
     if decision.source() == DecisionSource::FailClosed {
         return unavailable(
@@ -341,7 +345,7 @@ async fn reset(State(shared): State<Arc<Shared>>, request: axum::extract::Reques
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(bearer_token)
             .unwrap_or("");
         if !constant_time_eq(given.as_bytes(), token.expose().as_bytes()) {
             shared.metrics.bad_request();
@@ -385,6 +389,15 @@ async fn reset(State(shared): State<Arc<Shared>>, request: axum::extract::Reques
         }
         Err(e) => store_failure(&shared, &e),
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` value; the scheme is case-insensitive
+/// (RFC 9110 §11.1).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_matches(' '))
 }
 
 /// Compares without an early exit on the first differing byte.
@@ -438,9 +451,36 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         .into_response()
 }
 
+async fn method_not_allowed() -> Response {
+    problem(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "this endpoint does not take this method: /v1/check, /v1/peek and /v1/reset take POST; \
+         /v1/policies, /healthz, /readyz and /metrics take GET",
+    )
+}
+
 async fn not_found() -> Response {
     problem(
         StatusCode::NOT_FOUND,
         "no such endpoint; see GET /v1/policies",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn the_bearer_scheme_matches_in_any_case() {
+        for value in [
+            "Bearer s3cret",
+            "bearer s3cret",
+            "BEARER s3cret",
+            "  bEaReR  s3cret",
+        ] {
+            assert_eq!(bearer_token(value), Some("s3cret"), "{value}");
+        }
+        assert_eq!(bearer_token("Basic s3cret"), None);
+        assert_eq!(bearer_token("Bearers3cret"), None);
+    }
 }

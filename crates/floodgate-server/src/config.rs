@@ -11,8 +11,9 @@ use std::time::Duration;
 use floodgate::Policy;
 use serde::Deserialize;
 
-use crate::envoy::{self, Domains};
-use crate::listener::HttpLimits;
+use crate::envoy::{self, Domains, LoadOptions};
+use crate::files;
+use crate::listener::{DEFAULT_SHUTDOWN_GRACE, GrpcLimits, HttpLimits};
 
 /// The built-in configuration `floodgate serve` runs without `--config`: three SaaS tiers on
 /// the embedded memory store.
@@ -148,6 +149,10 @@ pub struct ServerConfig {
     pub admin_token: Option<Secret>,
     /// Connection and request limits of the HTTP listener.
     pub limits: HttpLimits,
+    /// Connection limits of the gRPC listener.
+    pub grpc_limits: GrpcLimits,
+    /// How long shutdown waits for open connections to finish before cutting them.
+    pub shutdown_grace: Duration,
 }
 
 /// `[store]`.
@@ -196,6 +201,8 @@ pub struct Config {
     pub envoy: Domains,
     /// `[envoy] config_dir`, resolved against the config file's directory.
     pub envoy_dir: Option<PathBuf>,
+    /// How the Envoy files are loaded (`[envoy] merge_domains`, `max_file_bytes`).
+    pub envoy_options: LoadOptions,
 }
 
 /// Settings that override the file (command line and environment).
@@ -233,6 +240,10 @@ struct RawServer {
     header_timeout: Option<String>,
     body_timeout: Option<String>,
     max_header_bytes: Option<i64>,
+    grpc_max_connections: Option<i64>,
+    grpc_handshake_timeout: Option<String>,
+    grpc_idle_timeout: Option<String>,
+    shutdown_grace: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -260,6 +271,8 @@ struct RawPolicy {
 #[serde(deny_unknown_fields)]
 struct RawEnvoy {
     config_dir: String,
+    merge_domains: Option<bool>,
+    max_file_bytes: Option<i64>,
 }
 
 /// The default memory-store cap.
@@ -277,10 +290,10 @@ impl Config {
         }
     }
 
-    /// Reads and validates a configuration file.
+    /// Reads and validates a configuration file (blocking file I/O: off the async workers).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::new(path, "", format!("cannot read: {e}")))?;
+        let text = files::read_capped(path, files::MAX_CONFIG_BYTES)
+            .map_err(|e| ConfigError::new(path, "", e.to_string()))?;
         let dir = path.parent().unwrap_or(Path::new("."));
         Config::parse(&text, path, Some(dir))
     }
@@ -354,6 +367,32 @@ impl Config {
             )?,
             max_headers: defaults.max_headers,
         };
+        let grpc_defaults = GrpcLimits::default();
+        let grpc_limits = GrpcLimits {
+            max_connections: count(
+                "server.grpc_max_connections",
+                raw.server.grpc_max_connections,
+                grpc_defaults.max_connections,
+                1,
+                1_000_000,
+            )?,
+            // The preface and SETTINGS are a request head's HTTP/2 counterpart.
+            handshake_timeout: duration(
+                "server.grpc_handshake_timeout",
+                raw.server.grpc_handshake_timeout,
+                limits.header_timeout,
+            )?,
+            idle_timeout: match raw.server.grpc_idle_timeout {
+                None => grpc_defaults.idle_timeout,
+                Some(text) => parse_duration(&text, Duration::from_secs(86_400))
+                    .map_err(|reason| err("server.grpc_idle_timeout", reason))?,
+            },
+        };
+        let shutdown_grace = match raw.server.shutdown_grace {
+            None => DEFAULT_SHUTDOWN_GRACE,
+            Some(text) => parse_duration_or_zero(&text, Duration::from_secs(3_600))
+                .map_err(|reason| err("server.shutdown_grace", reason))?,
+        };
         let server = ServerConfig {
             http: addr("server.http", raw.server.http, "127.0.0.1:8080")?,
             grpc: addr("server.grpc", raw.server.grpc, "127.0.0.1:8081")?,
@@ -367,6 +406,8 @@ impl Config {
                 token => token.map(Secret),
             },
             limits,
+            grpc_limits,
+            shutdown_grace,
         };
         if server.http == server.grpc && server.http.port() != 0 {
             return Err(err(
@@ -522,23 +563,40 @@ impl Config {
             ));
         }
 
-        let (envoy, envoy_dir) = match raw.envoy {
-            None => (Domains::default(), None),
-            Some(RawEnvoy { config_dir }) => {
+        let (envoy, envoy_dir, envoy_options) = match raw.envoy {
+            None => (Domains::default(), None, LoadOptions::default()),
+            Some(raw) => {
                 let Some(dir) = dir else {
                     return Err(err(
                         "envoy.config_dir",
                         "cannot be resolved without a config file".into(),
                     ));
                 };
-                let path = dir.join(&config_dir);
+                let defaults = LoadOptions::default();
+                let options = LoadOptions {
+                    merge_domains: raw.merge_domains.unwrap_or(defaults.merge_domains),
+                    max_file_bytes: match raw.max_file_bytes {
+                        None => defaults.max_file_bytes,
+                        Some(n) if !(1..=envoy::MAX_FILE_BYTES_LIMIT as i64).contains(&n) => {
+                            return Err(err(
+                                "envoy.max_file_bytes",
+                                format!(
+                                    "must be from 1 to {}, got {n}",
+                                    envoy::MAX_FILE_BYTES_LIMIT
+                                ),
+                            ));
+                        }
+                        Some(n) => n.unsigned_abs(),
+                    },
+                };
+                let path = dir.join(&raw.config_dir);
                 if !path.is_dir() {
                     return Err(err(
                         "envoy.config_dir",
                         format!("'{}' is not a directory", path.display()),
                     ));
                 }
-                (envoy::load_dir(&path)?, Some(path))
+                (envoy::load_dir(&path, &options)?, Some(path), options)
             }
         };
         if policies.is_empty() && envoy.is_empty() {
@@ -554,6 +612,7 @@ impl Config {
             policies,
             envoy,
             envoy_dir,
+            envoy_options,
         })
     }
 
@@ -623,6 +682,19 @@ impl Config {
             humantime::format_duration(limits.body_timeout),
             limits.max_header_bytes
         );
+        let grpc = &self.server.grpc_limits;
+        let _ = writeln!(
+            out,
+            "server gRPC limits: grpc_max_connections {}, grpc_handshake_timeout {}, grpc_idle_timeout {}",
+            grpc.max_connections,
+            humantime::format_duration(grpc.handshake_timeout),
+            humantime::format_duration(grpc.idle_timeout),
+        );
+        let _ = writeln!(
+            out,
+            "server.shutdown_grace: {}",
+            humantime::format_duration(self.server.shutdown_grace)
+        );
         let _ = write!(out, "store: {}", self.store.url.redacted());
         match self.store.url {
             StoreUrl::Memory => {
@@ -657,14 +729,28 @@ impl Config {
             }
             let _ = writeln!(out);
         }
+        if let Some(dir) = &self.envoy_dir {
+            let _ = writeln!(
+                out,
+                "envoy: config_dir {}, merge_domains {}, max_file_bytes {}",
+                dir.display(),
+                self.envoy_options.merge_domains,
+                self.envoy_options.max_file_bytes
+            );
+        }
         for domain in self.envoy.iter() {
+            let files: Vec<String> = domain
+                .files()
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect();
             let _ = writeln!(
                 out,
                 "envoy domain {}: {} rate limit{} (from {})",
                 domain.name(),
                 domain.rule_count(),
                 if domain.rule_count() == 1 { "" } else { "s" },
-                domain.file().display()
+                files.join(", ")
             );
         }
         out
@@ -678,6 +764,19 @@ fn parse_duration(text: &str, max: Duration) -> Result<Duration, String> {
     if duration.is_zero() || duration > max {
         return Err(format!(
             "must be above 0 and at most {}, got '{text}'",
+            humantime::format_duration(max)
+        ));
+    }
+    Ok(duration)
+}
+
+/// A duration such as `"10s"`, or `"0s"`: at most `max`.
+fn parse_duration_or_zero(text: &str, max: Duration) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text)
+        .map_err(|e| format!("'{text}' is not a duration such as \"10s\": {e}"))?;
+    if duration > max {
+        return Err(format!(
+            "must be at most {}, got '{text}'",
             humantime::format_duration(max)
         ));
     }

@@ -6,7 +6,7 @@
 //! tokens back continuously rather than all at once at the next window edge, and no client can
 //! pass twice the quota across a window edge.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,7 +25,7 @@ struct RawDomain {
     descriptors: Vec<RawDescriptor>,
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDescriptor {
     key: Option<String>,
@@ -51,7 +51,7 @@ struct RawDescriptor {
     metadata: Option<IgnoredAny>,
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRateLimit {
     unit: Option<String>,
@@ -66,7 +66,7 @@ struct RawRateLimit {
     burst: Option<u32>,
 }
 
-#[derive(Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawReplace {
     name: Option<String>,
@@ -167,14 +167,16 @@ struct Node {
     rule: Option<Arc<Rule>>,
     /// Wildcard nodes with `share_threshold`: every matching value shares one bucket.
     share: bool,
+    /// The index of the file that defined it (errors name both files of a duplicate).
+    file: usize,
     children: Level,
 }
 
-/// One domain (one file).
+/// One domain: one file, or several with `[envoy] merge_domains`.
 #[derive(Debug)]
 pub struct Domain {
     name: String,
-    file: PathBuf,
+    files: Vec<PathBuf>,
     root: Level,
     rules: usize,
 }
@@ -193,9 +195,9 @@ impl Domain {
     pub fn name(&self) -> &str {
         &self.name
     }
-    /// The file it was loaded from.
-    pub fn file(&self) -> &Path {
-        &self.file
+    /// The files it was loaded from, in load order.
+    pub fn files(&self) -> &[PathBuf] {
+        &self.files
     }
     /// How many `rate_limit`s it holds.
     pub fn rule_count(&self) -> usize {
@@ -317,42 +319,107 @@ impl Domains {
     }
 }
 
-/// Loads every `*.yaml` / `*.yml` file of `dir` (sorted by name), one domain each.
-pub fn load_dir(dir: &Path) -> Result<Domains, ConfigError> {
-    let entries = std::fs::read_dir(dir)
+/// How the Envoy directory is loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// `[envoy] merge_domains`: files naming the same domain merge (in file-name order)
+    /// instead of being refused as duplicates.
+    pub merge_domains: bool,
+    /// `[envoy] max_file_bytes`: the largest file read.
+    pub max_file_bytes: u64,
+}
+
+/// The default `envoy.max_file_bytes`: 64 MiB.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
+/// The largest `envoy.max_file_bytes` accepted: 1 GiB.
+pub const MAX_FILE_BYTES_LIMIT: u64 = 1024 * 1024 * 1024;
+/// The most YAML nodes (scalars, lists and maps) one file may hold: room for about 220 000
+/// block-list entries (`key`, `value` and a flow-style `rate_limit` each), with the memory
+/// this takes measured in the guide.
+pub const MAX_YAML_NODES: usize = 2_500_000;
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            merge_domains: false,
+            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
+        }
+    }
+}
+
+/// Loads every `*.yaml` / `*.yml` file of `dir` (sorted by name): one domain each, or with
+/// `merge_domains` every file naming a domain merged into it. Only regular files (or
+/// symlinks to them) are read; other entries with such a name are skipped with a warning.
+pub fn load_dir(dir: &Path, options: &LoadOptions) -> Result<Domains, ConfigError> {
+    let (files, skipped) = crate::files::yaml_files(dir)
         .map_err(|e| ConfigError::new(dir, "", format!("cannot read directory: {e}")))?;
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
-        })
-        .collect();
-    files.sort();
+    for path in skipped {
+        tracing::warn!(file = %path.display(), "skipped: not a regular file");
+    }
     let mut domains = Domains::default();
+    // With `merge_domains`: each domain's files and their descriptors, to merge at the end.
+    let mut sources: HashMap<String, Vec<(PathBuf, Vec<RawDescriptor>)>> = HashMap::new();
     for file in files {
-        let text = std::fs::read_to_string(&file)
-            .map_err(|e| ConfigError::new(&file, "", format!("cannot read: {e}")))?;
-        let domain = parse_domain(&text, &file)?;
-        if domains.by_name.contains_key(&domain.name) {
+        let text = crate::files::read_capped(&file, options.max_file_bytes).map_err(|e| {
+            let reason = match e {
+                crate::files::ReadError::TooLarge { .. } => format!("{e} (envoy.max_file_bytes)"),
+                e => e.to_string(),
+            };
+            ConfigError::new(&file, "", reason)
+        })?;
+        let (name, descriptors) = parse_raw(&text, &file)?;
+        if let Some(first) = domains.by_name.get(&name)
+            && !options.merge_domains
+        {
             return Err(ConfigError::new(
                 &file,
                 "domain",
-                format!("duplicate domain '{}' in config file", domain.name),
+                format!(
+                    "duplicate domain '{name}' in config file (also in {}; set [envoy] \
+                     merge_domains = true to merge files of one domain)",
+                    first.files[0].display()
+                ),
             ));
         }
-        domains
-            .by_name
-            .insert(domain.name.clone(), Arc::new(domain));
+        if options.merge_domains {
+            sources
+                .entry(name.clone())
+                .or_default()
+                .push((file.clone(), descriptors.clone()));
+        }
+        // Each file is checked on its own first, so errors come in file order.
+        let domain = build_domain(name, vec![(file, descriptors)])?;
+        if !domains.by_name.contains_key(&domain.name) {
+            domains
+                .by_name
+                .insert(domain.name.clone(), Arc::new(domain));
+        }
+    }
+    for (name, sources) in sources {
+        if sources.len() > 1 {
+            let merged = build_domain(name.clone(), sources)?;
+            domains.by_name.insert(name, Arc::new(merged));
+        }
     }
     Ok(domains)
 }
 
 /// Parses one domain file.
 pub fn parse_domain(text: &str, file: &Path) -> Result<Domain, ConfigError> {
-    let raw: RawDomain = serde_saphyr::from_str(text).map_err(|e| {
-        let message = e.without_snippet().to_string();
-        let message = message.strip_prefix("error: ").unwrap_or(&message);
-        ConfigError::new(file, "", format!("config error, {message}"))
+    let (name, descriptors) = parse_raw(text, file)?;
+    build_domain(name, vec![(file.to_path_buf(), descriptors)])
+}
+
+/// A file's domain name and descriptors, as written.
+fn parse_raw(text: &str, file: &Path) -> Result<(String, Vec<RawDescriptor>), ConfigError> {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_nodes = MAX_YAML_NODES;
+    // Every node is one event; mapping and sequence ends are one more each.
+    budget.max_events = MAX_YAML_NODES * 2;
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    let raw: RawDomain = serde_saphyr::from_str_with_options(text, options).map_err(|e| {
+        ConfigError::new(file, "", format!("config error, {}", yaml_error(&e, text)))
     })?;
     let name = raw.domain.unwrap_or_default();
     if name.is_empty() {
@@ -362,107 +429,257 @@ pub fn parse_domain(text: &str, file: &Path) -> Result<Domain, ConfigError> {
             "config file cannot have empty domain",
         ));
     }
+    Ok((name, raw.descriptors))
+}
+
+/// A YAML error in the configuration's own words: which field, what was wrong, where.
+fn yaml_error(error: &serde_saphyr::Error, text: &str) -> String {
+    use serde_saphyr::Error as E;
+    let error = error.without_snippet();
+    let at = error
+        .location()
+        .filter(|l| l.line() > 0)
+        .map(|l| format!(" at line {}, column {}", l.line(), l.column()))
+        .unwrap_or_default();
+    match error {
+        E::DuplicateMappingKey { key, .. } => match key {
+            Some(key) => format!("duplicate key `{key}`{at}"),
+            None => format!("duplicate key{at}"),
+        },
+        E::Budget { breach, .. } => match breach {
+            serde_saphyr::budget::BudgetBreach::Nodes { .. }
+            | serde_saphyr::budget::BudgetBreach::Events { .. } => format!(
+                "the file holds more than {MAX_YAML_NODES} YAML nodes (values, lists and \
+                 maps), the most one file may hold: split the domain across files and set \
+                 [envoy] merge_domains = true"
+            ),
+            other => format!("the file exceeds a YAML parser limit ({other:?})"),
+        },
+        other => {
+            let message = other.to_string();
+            let message = message.strip_prefix("error: ").unwrap_or(&message);
+            let field = other
+                .location()
+                .and_then(|l| field_at(text, l.line(), l.column()));
+            match field {
+                Some(field) if !message.contains(&format!("`{field}`")) => {
+                    format!("`{field}`: {message}")
+                }
+                _ => message.to_owned(),
+            }
+        }
+    }
+}
+
+/// The mapping key whose value sits at `line`/`column` (1-based), when the text shows one:
+/// `requests_per_unit: -1` or `{ unit: second, requests_per_unit: -1 }`.
+fn field_at(text: &str, line: u64, column: u64) -> Option<String> {
+    let line = text
+        .lines()
+        .nth(usize::try_from(line).ok()?.checked_sub(1)?)?;
+    let before: String = line
+        .chars()
+        .take(usize::try_from(column).ok()?.saturating_sub(1))
+        .collect();
+    let key = before.trim_end().strip_suffix(':')?;
+    let start = key
+        .rfind(|c: char| c.is_whitespace() || "{,-".contains(c))
+        .map_or(0, |i| i + 1);
+    let key = key[start..].trim_matches(['"', '\'']);
+    (!key.is_empty()).then(|| key.to_owned())
+}
+
+/// Builds a domain from its files' descriptors, in order.
+fn build_domain(
+    name: String,
+    sources: Vec<(PathBuf, Vec<RawDescriptor>)>,
+) -> Result<Domain, ConfigError> {
+    let colliding = colliding_composites(&name, sources.iter().flat_map(|(_, d)| d));
+    let files: Vec<PathBuf> = sources.iter().map(|(file, _)| file.clone()).collect();
     let mut builder = Builder {
-        file,
+        files: &files,
+        file: 0,
         domain: &name,
         rules: 0,
+        colliding: &colliding,
     };
-    let root = builder.level(raw.descriptors, &name)?;
+    let mut root = Level::default();
+    for (i, (_, descriptors)) in sources.iter().enumerate() {
+        builder.file = i;
+        builder.level(&mut root, descriptors, &name, "")?;
+    }
+    let rules = builder.rules;
     Ok(Domain {
-        rules: builder.rules,
+        rules,
         name,
-        file: file.to_path_buf(),
+        files,
         root,
     })
 }
 
-struct Builder<'a> {
-    file: &'a Path,
-    domain: &'a str,
-    rules: usize,
-}
-
-impl Builder<'_> {
-    fn level(&mut self, raw: Vec<RawDescriptor>, parent: &str) -> Result<Level, ConfigError> {
-        let mut level = Level::default();
-        for descriptor in raw {
-            let key = descriptor.key.clone().unwrap_or_default();
-            if key.is_empty() {
-                return Err(ConfigError::new(
-                    self.file,
-                    parent,
-                    "descriptor has empty key",
-                ));
-            }
-            let composite = match &descriptor.value {
-                Some(value) => format!("{parent}.{key}_{value}"),
-                None => format!("{parent}.{key}"),
-            };
-            let duplicate = || {
-                ConfigError::new(
-                    self.file,
-                    &composite,
-                    format!("duplicate descriptor composite key '{composite}'"),
-                )
-            };
-            let value = descriptor.value.clone();
-            let node = self.node(descriptor, &composite)?;
-            match value {
+/// The composite keys (`domain.key_value.key…`) that two different descriptor paths share:
+/// `a` = `b_c` and `a_b` = `c` both read `d.a_b_c`. They name buckets, metric series and
+/// `RateLimit-Policy` members, so each colliding one gets a suffix that tells them apart.
+fn colliding_composites<'a>(
+    domain: &str,
+    descriptors: impl Iterator<Item = &'a RawDescriptor>,
+) -> HashSet<String> {
+    fn walk(
+        level: &[RawDescriptor],
+        parent: &str,
+        path: &str,
+        first: &mut HashMap<String, String>,
+        colliding: &mut HashSet<String>,
+    ) {
+        for descriptor in level {
+            let key = descriptor.key.as_deref().unwrap_or_default();
+            let composite = composite_key(parent, key, descriptor.value.as_deref());
+            let mut here = path.to_owned();
+            push_path(&mut here, key, descriptor.value.as_deref());
+            walk(&descriptor.descriptors, &composite, &here, first, colliding);
+            match first.get(&composite) {
+                Some(seen) if *seen != here => {
+                    tracing::warn!(
+                        composite = %composite,
+                        "descriptors with different keys and values share the composite key: \
+                         each gets a suffix in its bucket, metric and RateLimit-Policy name"
+                    );
+                    colliding.insert(composite);
+                }
+                Some(_) => {}
                 None => {
-                    if level.any.insert(key, node).is_some() {
-                        return Err(duplicate());
-                    }
-                }
-                Some(value) if value.contains('*') => {
-                    let list = level.wildcards.entry(key).or_default();
-                    if list.iter().any(|(p, _)| *p == value) {
-                        return Err(duplicate());
-                    }
-                    list.push((value, node));
-                }
-                Some(value) => {
-                    if level
-                        .exact
-                        .entry(key)
-                        .or_default()
-                        .insert(value, node)
-                        .is_some()
-                    {
-                        return Err(duplicate());
-                    }
+                    first.insert(composite, here);
                 }
             }
         }
-        Ok(level)
+    }
+    let mut first = HashMap::new();
+    let mut colliding = HashSet::new();
+    for descriptor in descriptors {
+        walk(
+            std::slice::from_ref(descriptor),
+            domain,
+            "",
+            &mut first,
+            &mut colliding,
+        );
+    }
+    colliding
+}
+
+/// `parent.key_value`, or `parent.key` without a value (envoyproxy/ratelimit's spelling).
+fn composite_key(parent: &str, key: &str, value: Option<&str>) -> String {
+    match value {
+        Some(value) => format!("{parent}.{key}_{value}"),
+        None => format!("{parent}.{key}"),
+    }
+}
+
+struct Builder<'a> {
+    /// The files being merged, and the one being read (its index).
+    files: &'a [PathBuf],
+    file: usize,
+    domain: &'a str,
+    rules: usize,
+    colliding: &'a HashSet<String>,
+}
+
+impl Builder<'_> {
+    fn level(
+        &mut self,
+        level: &mut Level,
+        raw: &[RawDescriptor],
+        parent: &str,
+        path: &str,
+    ) -> Result<(), ConfigError> {
+        let file = &self.files[self.file];
+        for descriptor in raw {
+            let key = descriptor.key.clone().unwrap_or_default();
+            if key.is_empty() {
+                return Err(ConfigError::new(file, parent, "descriptor has empty key"));
+            }
+            let composite = composite_key(parent, &key, descriptor.value.as_deref());
+            let existing = match descriptor.value.as_deref() {
+                None => level.any.get(&key),
+                Some(value) if value.contains('*') => level
+                    .wildcards
+                    .get(&key)
+                    .and_then(|list| list.iter().find(|(p, _)| p == value).map(|(_, n)| n)),
+                Some(value) => level.exact.get(&key).and_then(|m| m.get(value)),
+            };
+            if let Some(existing) = existing {
+                let reason = if existing.file == self.file {
+                    format!("duplicate descriptor composite key '{composite}'")
+                } else {
+                    format!(
+                        "duplicate descriptor composite key '{composite}': also defined in {}",
+                        self.files[existing.file].display()
+                    )
+                };
+                return Err(ConfigError::new(file, &composite, reason));
+            }
+            let mut here = path.to_owned();
+            push_path(&mut here, &key, descriptor.value.as_deref());
+            let node = self.node(descriptor, &composite, &here)?;
+            match &descriptor.value {
+                None => {
+                    level.any.insert(key, node);
+                }
+                Some(value) if value.contains('*') => {
+                    level
+                        .wildcards
+                        .entry(key)
+                        .or_default()
+                        .push((value.clone(), node));
+                }
+                Some(value) => {
+                    level
+                        .exact
+                        .entry(key)
+                        .or_default()
+                        .insert(value.clone(), node);
+                }
+            }
+        }
+        Ok(())
     }
 
-    fn node(&mut self, raw: RawDescriptor, composite: &str) -> Result<Node, ConfigError> {
-        let rule = match raw.rate_limit {
+    fn node(
+        &mut self,
+        raw: &RawDescriptor,
+        composite: &str,
+        path: &str,
+    ) -> Result<Node, ConfigError> {
+        let rule = match &raw.rate_limit {
             None => None,
             Some(rate_limit) => Some(Arc::new(self.rule(
                 rate_limit,
                 raw.shadow_mode,
                 composite,
+                path,
             )?)),
         };
-        let children = self.level(raw.descriptors, composite)?;
+        let mut children = Level::default();
+        self.level(&mut children, &raw.descriptors, composite, path)?;
         Ok(Node {
             rule,
             share: raw.share_threshold,
+            file: self.file,
             children,
         })
     }
 
     fn rule(
         &mut self,
-        raw: RawRateLimit,
+        raw: &RawRateLimit,
         shadow: bool,
         composite: &str,
+        path: &str,
     ) -> Result<Rule, ConfigError> {
-        let err = |reason: String| ConfigError::new(self.file, composite, reason);
+        let err = |reason: String| ConfigError::new(&self.files[self.file], composite, reason);
         let mut replaces = Vec::new();
-        for replace in raw.replaces {
-            let name = replace.name.unwrap_or_default();
+        for replace in &raw.replaces {
+            let name = replace.name.clone().unwrap_or_default();
             if name.is_empty() {
                 return Err(err("should not have an empty replaces entry".into()));
             }
@@ -482,14 +699,14 @@ impl Builder<'_> {
             }
             return Ok(Rule {
                 action: Action::Unlimited,
-                name: raw.name,
+                name: raw.name.clone(),
                 replaces,
                 requests_per_unit: raw.requests_per_unit.unwrap_or(0),
                 unit: None,
                 shadow,
             });
         }
-        let unit_text = raw.unit.unwrap_or_default();
+        let unit_text = raw.unit.clone().unwrap_or_default();
         let unit = Unit::parse(&unit_text).ok_or_else(|| {
             err(format!(
                 "invalid rate limit unit '{unit_text}' (use second, minute, hour, day or week)"
@@ -505,13 +722,14 @@ impl Builder<'_> {
         } else {
             let period = unit.duration() * multiplier;
             let limit = Limit::per(requests, period).burst(raw.burst.unwrap_or(requests));
-            let policy = Policy::new(policy_name(self.domain, composite), [limit])
+            let distinct = self.colliding.contains(composite).then_some(path);
+            let policy = Policy::new(policy_name(self.domain, composite, distinct), [limit])
                 .map_err(|e| err(e.to_string()))?;
             Action::Bucket(policy)
         };
         Ok(Rule {
             action,
-            name: raw.name,
+            name: raw.name.clone(),
             replaces,
             requests_per_unit: requests,
             unit: Some(unit),
@@ -520,34 +738,51 @@ impl Builder<'_> {
     }
 }
 
+/// Appends one `(key, value)` step to a descriptor path spelled without ambiguity (lengths
+/// prefix the parts; a key without value differs from every value).
+fn push_path(path: &mut String, key: &str, value: Option<&str>) {
+    push_part(path, key, value.unwrap_or("\u{0}"));
+}
+
 /// A rule's bucket policy name: `envoy:` and the composite key when it is a valid policy name,
 /// else a readable prefix and a hash of it (names key the buckets, so they must be unique
-/// and stable across reloads).
-fn policy_name(domain: &str, composite: &str) -> String {
+/// and stable across reloads). `distinct`: the unambiguous path of a composite key that
+/// another path shares; its hash is appended, so the two stay apart.
+fn policy_name(domain: &str, composite: &str, distinct: Option<&str>) -> String {
+    let fnv = |text: &str| {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in domain.bytes().chain([0]).chain(text.bytes()) {
+            hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        hash
+    };
     let name = format!("{RESERVED_PREFIX}{composite}");
-    let valid = name.len() <= floodgate::MAX_NAME_LEN
+    // Room for the distinguishing suffix (`/` and 16 hex digits) when there is one.
+    let room = floodgate::MAX_NAME_LEN - if distinct.is_some() { 17 } else { 0 };
+    let valid = name.len() <= room
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:/".contains(&b));
-    if valid {
-        return name;
+    let base = if valid {
+        name
+    } else {
+        let readable: String = name
+            .chars()
+            .take(if distinct.is_some() { 90 } else { 100 })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "-_.:/".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        format!("{readable}/{:016x}", fnv(composite))
+    };
+    match distinct {
+        None => base,
+        Some(path) => format!("{base}/{:016x}", fnv(path)),
     }
-    let readable: String = name
-        .chars()
-        .take(100)
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "-_.:/".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in domain.bytes().chain([0]).chain(composite.bytes()) {
-        hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{readable}/{hash:016x}")
 }
 
 #[cfg(test)]
@@ -569,11 +804,11 @@ mod tests {
 
     #[test]
     fn invalid_names_get_a_hashed_suffix() {
-        let plain = policy_name("d", "d.key_value");
+        let plain = policy_name("d", "d.key_value", None);
         assert_eq!(plain, "envoy:d.key_value");
-        let odd = policy_name("d", "d.path_/a b");
+        let odd = policy_name("d", "d.path_/a b", None);
         assert!(odd.starts_with("envoy:d.path_/a_b/"), "{odd}");
-        assert_ne!(odd, policy_name("d", "d.path_/a_b"));
+        assert_ne!(odd, policy_name("d", "d.path_/a_b", None));
         assert!(Policy::parse(odd, "1/s").is_ok());
     }
 }

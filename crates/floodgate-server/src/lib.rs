@@ -30,6 +30,7 @@
 mod api;
 pub mod config;
 pub mod envoy;
+pub mod files;
 mod listener;
 pub mod metrics;
 pub mod request;
@@ -47,7 +48,7 @@ use tokio::task::JoinHandle;
 
 pub use api::{MAX_BODY, MAX_KEY};
 pub use config::{Config, ConfigError, Overrides};
-pub use listener::HttpLimits;
+pub use listener::{DEFAULT_SHUTDOWN_GRACE, GrpcLimits, HttpLimits, raise_fd_limit};
 pub use runtime::AnyStore;
 
 /// The Envoy RLS v3 protocol types, generated from the trimmed protos in `proto/`.
@@ -168,13 +169,26 @@ impl From<ConfigError> for StartError {
     }
 }
 
-/// Loads the configuration `options` name, with the overrides applied.
+/// Loads the configuration `options` name, with the overrides applied (blocking file I/O:
+/// call it off the async workers, or use [`validate`]).
 pub fn load_config(options: &Options) -> Result<Config, ConfigError> {
     let mut config = match &options.config {
         Some(path) => Config::load(path)?,
         None => Config::demo(),
     };
     config.apply(&options.overrides)?;
+    Ok(config)
+}
+
+/// Everything a start checks short of binding ports and connecting to the store: the
+/// configuration and the store settings (a Redis URL is parsed as connecting would parse it).
+/// `floodgate check-config` runs exactly this, so it refuses what `serve` refuses.
+pub async fn validate(options: &Options) -> Result<Config, ConfigError> {
+    let owned = options.clone();
+    let config = tokio::task::spawn_blocking(move || load_config(&owned))
+        .await
+        .map_err(|e| ConfigError::new(std::path::Path::new("<loader>"), "", e.to_string()))??;
+    runtime::check_store(&config)?;
     Ok(config)
 }
 
@@ -198,22 +212,27 @@ impl std::fmt::Debug for Running {
 
 /// Starts the HTTP and gRPC servers (and the reload watchers) on the current tokio runtime.
 pub async fn start(options: Options) -> Result<Running, StartError> {
-    let config = load_config(&options)?;
+    let config = validate(&options).await?;
     let http_listener = bind(config.server.http).await?;
     let grpc_listener = bind(config.server.grpc).await?;
     let http = local_addr(&http_listener, config.server.http)?;
     let grpc = local_addr(&grpc_listener, config.server.grpc)?;
+    listener::check_fd_budget(
+        config.server.limits.max_connections,
+        config.server.grpc_limits.max_connections,
+    );
+    let server = config.server.clone();
     let shared =
         runtime::Shared::start(config, options.config.clone(), options.overrides.clone()).await?;
     let (stop, stopped) = watch::channel(false);
     let mut tasks = Vec::new();
 
-    let app = api::router(shared.clone());
-    let limits = shared.runtime.load().config.server.limits;
-    tasks.push(tokio::spawn(listener::serve(
+    tasks.push(tokio::spawn(listener::serve_http(
         http_listener,
-        app,
-        limits,
+        api::router(shared.clone()),
+        server.limits,
+        server.shutdown_grace,
+        shared.metrics.clone(),
         stopped.clone(),
     )));
 
@@ -224,22 +243,14 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
         },
     )
     .max_decoding_message_size(api::MAX_BODY);
-    let mut grpc_stop = stopped.clone();
-    tasks.push(tokio::spawn(async move {
-        let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener);
-        let serve = tonic::transport::Server::builder()
-            .tcp_nodelay(true)
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            .max_concurrent_streams(Some(1_024))
-            .add_service(rls)
-            .serve_with_incoming_shutdown(incoming, async move {
-                until_stopped(&mut grpc_stop).await;
-            });
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "gRPC server failed");
-        }
-    }));
+    tasks.push(tokio::spawn(listener::serve_grpc(
+        grpc_listener,
+        tonic::service::Routes::new(rls).prepare(),
+        server.grpc_limits,
+        server.shutdown_grace,
+        shared.metrics.clone(),
+        stopped.clone(),
+    )));
 
     if let (Some(interval), Some(path)) = (options.watch_interval, options.config.clone()) {
         tasks.push(tokio::spawn(watch_files(
@@ -288,6 +299,10 @@ impl Running {
     pub async fn reload(&self) -> Result<u64, ConfigError> {
         self.shared.reload().await
     }
+    /// The configuration being served.
+    pub fn config(&self) -> Config {
+        self.shared.runtime.load().config.clone()
+    }
     /// The version of the config being served: 1 at start, +1 per applied reload.
     pub fn config_version(&self) -> u64 {
         self.shared.runtime.load().version
@@ -300,8 +315,9 @@ impl Running {
     pub fn metrics(&self) -> String {
         self.shared.metrics.render()
     }
-    /// Stops accepting connections, lets in-flight requests finish, and returns when both
-    /// servers have stopped.
+    /// Stops accepting connections, lets open connections finish for at most
+    /// `server.shutdown_grace` (then cuts the rest), and returns when both servers have
+    /// stopped.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         for task in self.tasks {
@@ -314,44 +330,40 @@ pub(crate) async fn until_stopped(stopped: &mut watch::Receiver<bool>) {
     let _ = stopped.wait_for(|&s| s).await;
 }
 
-/// Reloads when the config file or any Envoy file changes (polled: no platform watcher).
+/// Reloads when the config file or any Envoy file changes: polled from metadata (no
+/// platform watcher), off the async workers.
 async fn watch_files(
     shared: Arc<runtime::Shared>,
     path: PathBuf,
     interval: Duration,
     mut stopped: watch::Receiver<bool>,
 ) {
-    let mut last = fingerprint(&shared, &path);
+    let take = |shared: &runtime::Shared| {
+        let config = &shared.runtime.load().config;
+        let dir = config.envoy_dir.clone();
+        let cap = config.envoy_options.max_file_bytes;
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || files::Fingerprint::take(&path, dir.as_deref(), cap))
+    };
+    let mut last = take(&shared).await.ok();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             () = until_stopped(&mut stopped) => return,
         }
-        let now = fingerprint(&shared, &path);
-        if now != last {
+        let now = tokio::select! {
+            now = take(&shared) => now.ok(),
+            () = until_stopped(&mut stopped) => return,
+        };
+        let changed = match (&now, &last) {
+            (Some(now), Some(last)) => now.differs_from(last),
+            _ => true,
+        };
+        if changed {
             last = now;
             let _ = shared.reload().await;
         }
     }
-}
-
-/// A cheap summary of the files a reload reads: their names, sizes and contents' hash.
-fn fingerprint(shared: &runtime::Shared, path: &std::path::Path) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    std::fs::read(path).ok().hash(&mut hasher);
-    let dir = shared.runtime.load().config.envoy_dir.clone();
-    if let Some(dir) = dir
-        && let Ok(entries) = std::fs::read_dir(&dir)
-    {
-        let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-        files.sort();
-        for file in files {
-            file.hash(&mut hasher);
-            std::fs::read(&file).ok().hash(&mut hasher);
-        }
-    }
-    hasher.finish()
 }
 
 #[cfg(unix)]

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use floodgate_server::{Options, Overrides, load_config, start};
+use floodgate_server::{Config, Options, Overrides, start, validate};
 
 #[derive(Parser)]
 #[command(
@@ -72,12 +72,27 @@ fn main() -> ExitCode {
     }
 }
 
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("error: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        })
+}
+
 fn check_config(file: PathBuf) -> ExitCode {
     let options = Options {
         config: Some(file),
         ..Options::default()
     };
-    match load_config(&options) {
+    let runtime = match runtime() {
+        Ok(runtime) => runtime,
+        Err(code) => return code,
+    };
+    // The same validation a start runs, short of binding ports and connecting.
+    match runtime.block_on(validate(&options)) {
         Ok(config) => {
             print!("{}", config.describe());
             println!("ok");
@@ -88,6 +103,28 @@ fn check_config(file: PathBuf) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The start banner: where to send requests, with a policy the config really has.
+fn banner(config: &Config, http: SocketAddr, grpc: SocketAddr, demo: bool) -> String {
+    let mut banner =
+        format!("floodgate listening: HTTP on http://{http}, Envoy RLS gRPC on {grpc}\n");
+    if demo {
+        banner.push_str(
+            "built-in demo config: policies free (5/s burst 10; 1000/day), \
+             pro (50/s burst 100), enterprise (100/s burst 200)\n",
+        );
+    }
+    match config.policies.keys().next() {
+        Some(policy) => banner.push_str(&format!(
+            "try: curl -s -X POST http://{http}/v1/check -d '{}'\n",
+            serde_json::json!({ "policy": policy, "key": "user:42" })
+        )),
+        None => banner.push_str(&format!(
+            "no [policies] configured: the Envoy domains are served on {grpc} (see GET http://{http}/v1/policies)\n"
+        )),
+    }
+    banner
 }
 
 fn serve(args: ServeArgs) -> ExitCode {
@@ -103,15 +140,11 @@ fn serve(args: ServeArgs) -> ExitCode {
         },
         reload_on_sighup: true,
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // Every connection is a file descriptor: take all the hard limit allows.
+    floodgate_server::raise_fd_limit();
+    let runtime = match runtime() {
         Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     runtime.block_on(async move {
         let demo = options.config.is_none();
@@ -124,22 +157,12 @@ fn serve(args: ServeArgs) -> ExitCode {
         };
         let http = server.http_addr();
         tracing::info!(%http, grpc = %server.grpc_addr(), "listening");
-        let mut banner = format!(
-            "floodgate listening: HTTP on http://{http}, Envoy RLS gRPC on {}\n",
-            server.grpc_addr()
-        );
-        if demo {
-            banner.push_str(
-                "built-in demo config: policies free (5/s burst 10; 1000/day), \
-                 pro (50/s burst 100), enterprise (100/s burst 200)\n",
-            );
-        }
-        banner.push_str(&format!(
-            "try: curl -s -X POST http://{http}/v1/check -d '{{\"policy\":\"free\",\"key\":\"user:42\"}}'\n"
-        ));
+        let banner = banner(&server.config(), http, server.grpc_addr(), demo);
         // A closed stdout must not take the server down.
         let mut stdout = std::io::stdout().lock();
-        let _ = stdout.write_all(banner.as_bytes()).and_then(|()| stdout.flush());
+        let _ = stdout
+            .write_all(banner.as_bytes())
+            .and_then(|()| stdout.flush());
         drop(stdout);
         shutdown_signal().await;
         tracing::info!("shutting down: finishing in-flight requests");

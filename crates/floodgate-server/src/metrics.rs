@@ -48,6 +48,52 @@ const BUCKETS: [f64; 12] = [
     0.25,
 ];
 
+/// A listener, as a metric label.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listener {
+    /// The HTTP JSON API.
+    Http = 0,
+    /// The Envoy RLS gRPC API.
+    Grpc = 1,
+}
+
+impl Listener {
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Listener::Http => "http",
+            Listener::Grpc => "grpc",
+        }
+    }
+}
+
+/// Why the server closed a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Closed {
+    /// The first request head (HTTP) or the HTTP/2 preface and `SETTINGS` (gRPC) did not
+    /// arrive in time.
+    HandshakeTimeout = 0,
+    /// No request for the keep-alive (HTTP) or idle (gRPC) timeout.
+    Idle = 1,
+    /// Drained or cut at shutdown.
+    Shutdown = 2,
+}
+
+impl Closed {
+    const ALL: [Closed; 3] = [Closed::HandshakeTimeout, Closed::Idle, Closed::Shutdown];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Closed::HandshakeTimeout => "handshake_timeout",
+            Closed::Idle => "idle",
+            Closed::Shutdown => "shutdown",
+        }
+    }
+}
+
+const LISTENERS: [Listener; 2] = [Listener::Http, Listener::Grpc];
+
 /// All of one server's metrics.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -60,6 +106,8 @@ pub struct Metrics {
     config_version: AtomicU64,
     grpc_requests: AtomicU64,
     http_bad_requests: AtomicU64,
+    closed: [[AtomicU64; 3]; 2],
+    accept_errors: [AtomicU64; 2],
 }
 
 impl Metrics {
@@ -70,6 +118,26 @@ impl Metrics {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         map.entry(policy.to_owned()).or_default().clone()
+    }
+
+    /// Keeps the counters of the policies in `live` and drops every other series (called at
+    /// reload, so removed policies leave `/metrics`).
+    pub fn retain_policies(&self, live: &std::collections::HashSet<&str>) {
+        let mut map = self
+            .policies
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.retain(|name, _| live.contains(name.as_str()));
+    }
+
+    /// Counts a connection the server closed.
+    pub fn closed(&self, listener: Listener, reason: Closed) {
+        self.closed[listener as usize][reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a failed `accept` (such as running out of file descriptors).
+    pub fn accept_error(&self, listener: Listener) {
+        self.accept_errors[listener as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Records how long one store call took.
@@ -249,6 +317,37 @@ impl Metrics {
         ] {
             header(&mut out, name, kind, help);
             let _ = writeln!(out, "{name} {value}");
+        }
+        header(
+            &mut out,
+            "floodgate_connections_closed_total",
+            "counter",
+            "Connections the server closed, by listener and reason (handshake_timeout, idle, shutdown).",
+        );
+        for listener in LISTENERS {
+            for reason in Closed::ALL {
+                let _ = writeln!(
+                    out,
+                    "floodgate_connections_closed_total{{listener=\"{}\",reason=\"{}\"}} {}",
+                    listener.label(),
+                    reason.label(),
+                    load(&self.closed[listener as usize][reason as usize])
+                );
+            }
+        }
+        header(
+            &mut out,
+            "floodgate_accept_errors_total",
+            "counter",
+            "Failed accepts by listener (such as running out of file descriptors); accepting backs off.",
+        );
+        for listener in LISTENERS {
+            let _ = writeln!(
+                out,
+                "floodgate_accept_errors_total{{listener=\"{}\"}} {}",
+                listener.label(),
+                load(&self.accept_errors[listener as usize])
+            );
         }
         header(
             &mut out,

@@ -29,7 +29,10 @@ pub struct Reset<'a> {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a JSON object such as {\"policy\":\"free\",\"key\":\"user:42\",\"cost\":1}"
+)]
 struct RawDecide<'a> {
     #[serde(borrow)]
     policy: Cow<'a, str>,
@@ -39,7 +42,10 @@ struct RawDecide<'a> {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a JSON object such as {\"policy\":\"free\",\"key\":\"user:42\"}"
+)]
 struct RawReset<'a> {
     #[serde(borrow)]
     policy: Cow<'a, str>,
@@ -57,10 +63,21 @@ fn check_key(key: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A JSON object, or the reason it is not one: serde would also take a struct from an
+/// array (`["free","k",3]`), which is not a request.
+fn object<'a, T: Deserialize<'a>>(body: &'a [u8], example: &str) -> Result<T, String> {
+    let first = body.iter().find(|b| !b" \t\r\n".contains(b));
+    if first.is_some_and(|&b| b != b'{') {
+        return Err(format!(
+            "invalid request body: expected a JSON object such as {example}"
+        ));
+    }
+    serde_json::from_slice(body).map_err(|e| format!("invalid request body: {e}"))
+}
+
 /// Parses a check/peek body; the error is the problem's detail (a `400`).
 pub fn decide(body: &[u8]) -> Result<Decide<'_>, String> {
-    let raw: RawDecide<'_> =
-        serde_json::from_slice(body).map_err(|e| format!("invalid request body: {e}"))?;
+    let raw: RawDecide<'_> = object(body, r#"{"policy":"free","key":"user:42","cost":1}"#)?;
     check_key(&raw.key)?;
     let cost = match raw.cost {
         None => 1,
@@ -83,8 +100,7 @@ pub fn decide(body: &[u8]) -> Result<Decide<'_>, String> {
 
 /// Parses a reset body; the error is the problem's detail (a `400`).
 pub fn reset(body: &[u8]) -> Result<Reset<'_>, String> {
-    let raw: RawReset<'_> =
-        serde_json::from_slice(body).map_err(|e| format!("invalid request body: {e}"))?;
+    let raw: RawReset<'_> = object(body, r#"{"policy":"free","key":"user:42"}"#)?;
     check_key(&raw.key)?;
     Ok(Reset {
         policy: raw.policy,

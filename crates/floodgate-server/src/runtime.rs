@@ -92,7 +92,7 @@ pub(crate) struct Runtime {
 /// Per-server state shared by every request and task.
 pub(crate) struct Shared {
     pub(crate) runtime: ArcSwap<Runtime>,
-    pub(crate) metrics: Metrics,
+    pub(crate) metrics: Arc<Metrics>,
     pub(crate) config_path: Option<PathBuf>,
     pub(crate) overrides: Overrides,
     reload_lock: tokio::sync::Mutex<()>,
@@ -107,7 +107,7 @@ impl Shared {
         config_path: Option<PathBuf>,
         overrides: Overrides,
     ) -> Result<Arc<Shared>, ConfigError> {
-        let metrics = Metrics::default();
+        let metrics = Arc::new(Metrics::default());
         let store = build_store(&config).await?;
         let runtime = Runtime::new(1, config, Arc::new(RateLimiter::new(store)), &metrics);
         metrics.set_version(1);
@@ -150,8 +150,12 @@ impl Shared {
                 "no config file to reload (start with --config FILE)",
             ));
         };
-        let mut config = Config::load(path)?;
+        let owned = path.clone();
+        let mut config = tokio::task::spawn_blocking(move || Config::load(&owned))
+            .await
+            .map_err(|e| ConfigError::new(path, "", format!("cannot load: {e}")))??;
         config.apply(&self.overrides)?;
+        check_store(&config)?;
         let current = self.runtime.load_full();
         // Listen addresses are bound once.
         if config.server.http != current.config.server.http
@@ -180,6 +184,14 @@ impl Shared {
                 ..old
             };
         }
+        let (old, new) = (&current.config.server, &config.server);
+        if (old.grpc_limits, old.shutdown_grace) != (new.grpc_limits, new.shutdown_grace) {
+            tracing::warn!(
+                "server.grpc_max_connections / grpc_handshake_timeout / grpc_idle_timeout / shutdown_grace changes take effect at restart"
+            );
+            config.server.grpc_limits = current.config.server.grpc_limits;
+            config.server.shutdown_grace = current.config.server.shutdown_grace;
+        }
         let limiter = if same_store(&current.config, &config) {
             current.limiter.clone()
         } else if current.config.store.url == StoreUrl::Memory
@@ -193,6 +205,14 @@ impl Shared {
         };
         let version = self.versions.fetch_add(1, Ordering::Relaxed) + 1;
         let runtime = Runtime::new(version, config, limiter, &self.metrics);
+        // Series of policies no longer configured leave `/metrics`.
+        let live: std::collections::HashSet<&str> = runtime
+            .policies
+            .keys()
+            .chain(runtime.rule_counters.keys())
+            .map(String::as_str)
+            .collect();
+        self.metrics.retain_policies(&live);
         self.runtime.store(Arc::new(runtime));
         Ok(version)
     }
@@ -279,36 +299,53 @@ fn failure_policy(on_error: OnError, store: &StoreConfig) -> FailurePolicy {
     }
 }
 
-async fn build_store(config: &Config) -> Result<AnyStore, ConfigError> {
-    let origin = config
+fn origin(config: &Config) -> PathBuf {
+    config
         .source
         .clone()
-        .unwrap_or_else(|| PathBuf::from("<built-in demo>"));
+        .unwrap_or_else(|| PathBuf::from("<built-in demo>"))
+}
+
+/// The Redis store's builder for `url` and the config's store settings.
+fn redis_builder(config: &Config, url: &str) -> floodgate_redis::RedisStoreBuilder {
+    let mut builder = RedisStore::builder(url)
+        .connections(config.store.connections)
+        .timeout(config.store.timeout)
+        .on_failure(failure_policy(config.store.on_error, &config.store));
+    for (name, p) in &config.policies {
+        if let Some(on_error) = p.on_error {
+            builder = builder.on_failure_for(name.clone(), failure_policy(on_error, &config.store));
+        }
+    }
+    if let Some((_, pem)) = &config.store.tls_ca {
+        builder = builder.tls_root_certificate(pem.clone());
+    }
+    builder
+}
+
+/// Every check building the store makes, short of connecting (see [`crate::validate`]).
+pub(crate) fn check_store(config: &Config) -> Result<(), ConfigError> {
+    match &config.store.url {
+        // `Config` already refuses a zero `max_keys`, all a memory store can refuse.
+        StoreUrl::Memory => Ok(()),
+        StoreUrl::Redis(url) => redis_builder(config, url.expose())
+            .check()
+            .map_err(|e| ConfigError::new(&origin(config), "store.url", e.to_string())),
+    }
+}
+
+async fn build_store(config: &Config) -> Result<AnyStore, ConfigError> {
+    let origin = origin(config);
     match &config.store.url {
         StoreUrl::Memory => MemoryStore::builder()
             .max_keys(config.store.max_keys)
             .try_build()
             .map(AnyStore::Memory)
             .map_err(|e| ConfigError::new(&origin, "store.max_keys", e.to_string())),
-        StoreUrl::Redis(url) => {
-            let mut builder = RedisStore::builder(url.expose())
-                .connections(config.store.connections)
-                .timeout(config.store.timeout)
-                .on_failure(failure_policy(config.store.on_error, &config.store));
-            for (name, p) in &config.policies {
-                if let Some(on_error) = p.on_error {
-                    builder = builder
-                        .on_failure_for(name.clone(), failure_policy(on_error, &config.store));
-                }
-            }
-            if let Some((_, pem)) = &config.store.tls_ca {
-                builder = builder.tls_root_certificate(pem.clone());
-            }
-            builder
-                .build()
-                .await
-                .map(AnyStore::Redis)
-                .map_err(|e| ConfigError::new(&origin, "store.url", e.to_string()))
-        }
+        StoreUrl::Redis(url) => redis_builder(config, url.expose())
+            .build()
+            .await
+            .map(AnyStore::Redis)
+            .map_err(|e| ConfigError::new(&origin, "store.url", e.to_string())),
     }
 }

@@ -50,8 +50,16 @@ const BAD: &[(&str, &str)] = &[
         "bad/empty_admin_token.toml: server.admin_token: must not be empty (remove the key to leave /v1/reset open)",
     ),
     (
+        "envoy_file_over_cap.toml",
+        "bad/../../envoy/valid/basic_config.yaml: the file is 1431 bytes, over the cap of 100 bytes (envoy.max_file_bytes)",
+    ),
+    (
         "local_without_share.toml",
         "bad/local_without_share.toml: store.local_share: required when on_error is \"local\" (the fraction of each limit one node may use, e.g. 0.25 for 4 nodes)",
+    ),
+    (
+        "long_shutdown_grace.toml",
+        "bad/long_shutdown_grace.toml: server.shutdown_grace: must be at most 1h, got '2h'",
     ),
     (
         "max_keys_with_redis.toml",
@@ -86,6 +94,10 @@ const BAD: &[(&str, &str)] = &[
         "bad/policy_unknown_key.toml: policies.login: unknown field `shadw`, expected one of `limits`, `on_error`, `shadow`",
     ),
     (
+        "redis_url_unparsable.toml",
+        "bad/redis_url_unparsable.toml: store.url: invalid setting `url`: redis://u:***@[bad: Redis URL did not parse - InvalidClientConfig",
+    ),
+    (
         "reserved_policy_name.toml",
         "bad/reserved_policy_name.toml: policies.\"envoy:free\": names starting with 'envoy:' are reserved for Envoy rules",
     ),
@@ -107,7 +119,7 @@ const BAD: &[(&str, &str)] = &[
     ),
     (
         "unknown_key.toml",
-        "bad/unknown_key.toml: server.https: line 2: unknown field `https`, expected one of `http`, `grpc`, `admin_token`, `max_connections`, `header_timeout`, `body_timeout`, `max_header_bytes`",
+        "bad/unknown_key.toml: server.https: line 2: unknown field `https`, expected one of `http`, `grpc`, `admin_token`, `max_connections`, `header_timeout`, `body_timeout`, `max_header_bytes`, `grpc_max_connections`, `grpc_handshake_timeout`, `grpc_idle_timeout`, `shutdown_grace`",
     ),
     (
         "unknown_section.toml",
@@ -120,6 +132,10 @@ const BAD: &[(&str, &str)] = &[
     (
         "zero_connections.toml",
         "bad/zero_connections.toml: store.connections: must be from 1 to 64, got 0",
+    ),
+    (
+        "zero_grpc_idle_timeout.toml",
+        "bad/zero_grpc_idle_timeout.toml: server.grpc_idle_timeout: must be above 0 and at most 1day, got '0s'",
     ),
     (
         "zero_max_keys.toml",
@@ -135,8 +151,17 @@ fn config_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/config")
 }
 
-#[test]
-fn every_bad_fixture_has_its_exact_message() {
+/// What `serve` and `check-config` both run.
+async fn validate(path: &Path) -> Result<Config, floodgate_server::ConfigError> {
+    floodgate_server::validate(&floodgate_server::Options {
+        config: Some(path.to_path_buf()),
+        ..floodgate_server::Options::default()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn every_bad_fixture_has_its_exact_message() {
     let bad = config_dir().join("bad");
     let mut listed: Vec<String> = std::fs::read_dir(&bad)
         .unwrap()
@@ -146,7 +171,7 @@ fn every_bad_fixture_has_its_exact_message() {
     let expected: Vec<String> = BAD.iter().map(|(f, _)| (*f).to_owned()).collect();
     assert_eq!(listed, expected, "every fixture has an expectation");
     for (file, message) in BAD {
-        let error = Config::load(&bad.join(file)).expect_err(file);
+        let error = validate(&bad.join(file)).await.expect_err(file);
         let in_process = message.replace("bad/", &format!("{}/", bad.display()));
         assert_eq!(error.to_string(), in_process, "{file}");
     }

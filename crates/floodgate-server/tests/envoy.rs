@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{TempDir, get};
-use floodgate_server::envoy::{load_dir, parse_domain};
+use floodgate_server::envoy::{LoadOptions, load_dir, parse_domain};
 use floodgate_server::proto::envoy::extensions::common::ratelimit::v3::{
     RateLimitDescriptor, rate_limit_descriptor::Entry, rate_limit_descriptor::RateLimitOverride,
 };
@@ -29,7 +29,8 @@ fn fixtures(kind: &str) -> PathBuf {
 
 #[test]
 fn every_valid_fixture_loads() {
-    let domains = load_dir(&fixtures("valid")).expect("the valid fixtures load");
+    let domains =
+        load_dir(&fixtures("valid"), &LoadOptions::default()).expect("the valid fixtures load");
     let summary: Vec<(String, usize)> = domains
         .iter()
         .map(|d| (d.name().to_owned(), d.rule_count()))
@@ -60,12 +61,20 @@ fn every_invalid_fixture_fails_naming_the_problem() {
             "test-domain.key1_value1: invalid rate limit unit 'foo' (use second, minute, hour, day or week)",
         ),
         (
+            "bad_number.yaml",
+            "config error, `requests_per_unit`: invalid u32 at line 4, column 52",
+        ),
+        (
             "bad_yaml.yaml",
-            "config error, expected string scalar at line 4, column 12",
+            "config error, `value`: expected string scalar at line 4, column 12",
         ),
         (
             "duplicate_key.yaml",
             "test-domain.key1_value1: duplicate descriptor composite key 'test-domain.key1_value1'",
+        ),
+        (
+            "duplicate_yaml_key.yaml",
+            "config error, duplicate key `value` at line 5, column 5",
         ),
         (
             "empty_domain.yaml",
@@ -137,13 +146,169 @@ fn two_files_may_not_claim_one_domain() {
     let basic = std::fs::read_to_string(fixtures("valid").join("basic_config.yaml")).unwrap();
     dir.write("a.yaml", &basic);
     dir.write("b.yaml", "domain: test-domain\ndescriptors: []\n");
-    let error = load_dir(dir.path()).unwrap_err();
+    let error = load_dir(dir.path(), &LoadOptions::default()).unwrap_err();
     assert_eq!(error.key, "domain");
     assert_eq!(
         error.reason,
-        "duplicate domain 'test-domain' in config file"
+        format!(
+            "duplicate domain 'test-domain' in config file (also in {}; set [envoy] \
+             merge_domains = true to merge files of one domain)",
+            dir.path().join("a.yaml").display()
+        )
     );
     assert!(error.file.ends_with("b.yaml"), "{error}");
+}
+
+#[test]
+fn with_merge_domains_files_of_one_domain_merge_in_name_order() {
+    let dir = TempDir::new("merge-domain");
+    dir.write(
+        "a.yaml",
+        "domain: d\ndescriptors:\n  - key: k\n    value: one\n    rate_limit: { unit: second, requests_per_unit: 1 }\n",
+    );
+    dir.write(
+        "b.yaml",
+        "domain: d\ndescriptors:\n  - key: k\n    value: two\n    rate_limit: { unit: second, requests_per_unit: 2 }\n",
+    );
+    let merged = LoadOptions {
+        merge_domains: true,
+        ..LoadOptions::default()
+    };
+    let domains = load_dir(dir.path(), &merged).unwrap();
+    let domain = domains.get("d").unwrap();
+    assert_eq!(domain.rule_count(), 2);
+    assert_eq!(
+        domain.files(),
+        [dir.path().join("a.yaml"), dir.path().join("b.yaml")]
+    );
+    for (value, requests) in [("one", 1), ("two", 2)] {
+        let found = domain.find([("k", value)].into_iter()).unwrap();
+        assert_eq!(found.rule.requests_per_unit, requests);
+    }
+    // One composite key in two files: an error naming both.
+    dir.write(
+        "c.yaml",
+        "domain: d\ndescriptors:\n  - key: k\n    value: one\n    rate_limit: { unit: minute, requests_per_unit: 9 }\n",
+    );
+    let error = load_dir(dir.path(), &merged).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "{}: d.k_one: duplicate descriptor composite key 'd.k_one': also defined in {}",
+            dir.path().join("c.yaml").display(),
+            dir.path().join("a.yaml").display()
+        )
+    );
+    // Without the switch the duplicate domain is refused, as before.
+    std::fs::remove_file(dir.path().join("c.yaml")).unwrap();
+    let error = load_dir(dir.path(), &LoadOptions::default()).unwrap_err();
+    assert!(error.reason.starts_with("duplicate domain 'd'"), "{error}");
+}
+
+/// The bucket policy names of a domain, sorted.
+fn bucket_names(yaml: &str) -> Vec<String> {
+    let domain = parse_domain(yaml, Path::new("names.yaml")).unwrap();
+    let domains = TempDir::new("names");
+    domains.write("names.yaml", yaml);
+    let loaded = load_dir(domains.path(), &LoadOptions::default()).unwrap();
+    assert_eq!(
+        loaded.get(domain.name()).unwrap().rule_count(),
+        domain.rule_count()
+    );
+    let mut names: Vec<String> = loaded
+        .policies()
+        .iter()
+        .map(|p| p.name().to_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn bucket_names_that_do_not_collide_stay_as_they_were() {
+    // Pinned: these names key Redis buckets and metric series, so they survive upgrades.
+    let names = bucket_names(
+        "domain: d\ndescriptors:\n\
+         \x20 - key: remote_address\n    rate_limit: { unit: minute, requests_per_unit: 10 }\n\
+         \x20 - key: path\n    value: \"files/*\"\n    rate_limit: { unit: hour, requests_per_unit: 100 }\n\
+         \x20 - key: path\n    value: \"/a b\"\n    rate_limit: { unit: hour, requests_per_unit: 100 }\n\
+         \x20 - key: api_key\n    descriptors:\n      - key: plan\n        value: free\n        rate_limit: { unit: second, requests_per_unit: 5 }\n",
+    );
+    assert_eq!(
+        names,
+        [
+            "envoy:d.api_key.plan_free",
+            "envoy:d.path_/a_b/8908e4d7149a4deb",
+            "envoy:d.path_files/_/9a346e560078c6f1",
+            "envoy:d.remote_address",
+        ]
+        .map(String::from)
+        .to_vec()
+    );
+}
+
+#[test]
+fn composite_keys_that_collide_get_distinct_bucket_names() {
+    // `a` = `b_c` and `a_b` = `c` both spell `d.a_b_c`: they used to share one bucket.
+    let names = bucket_names(
+        "domain: d\ndescriptors:\n\
+         \x20 - key: a\n    value: b_c\n    rate_limit: { unit: second, requests_per_unit: 1 }\n\
+         \x20 - key: a_b\n    value: c\n    rate_limit: { unit: second, requests_per_unit: 1 }\n\
+         \x20 - key: other\n    rate_limit: { unit: second, requests_per_unit: 1 }\n",
+    );
+    assert_eq!(names.len(), 3);
+    assert_eq!(
+        names[2], "envoy:d.other",
+        "a name without a collision is unchanged"
+    );
+    for name in &names[..2] {
+        assert!(name.starts_with("envoy:d.a_b_c/"), "{name}");
+        assert_eq!(name.len(), "envoy:d.a_b_c/".len() + 16, "{name}");
+    }
+    assert_ne!(names[0], names[1]);
+}
+
+#[test]
+fn a_block_list_of_100_000_entries_loads() {
+    let mut yaml = String::from("domain: blocklist\ndescriptors:\n");
+    for i in 0..100_000u32 {
+        yaml.push_str(&format!(
+            "  - key: remote_address\n    value: 10.{}.{}.{}\n    rate_limit: {{ unit: second, requests_per_unit: 0 }}\n",
+            i >> 16,
+            (i >> 8) & 255,
+            i & 255
+        ));
+    }
+    let started = std::time::Instant::now();
+    let domain = parse_domain(&yaml, Path::new("blocklist.yaml")).unwrap();
+    assert_eq!(domain.rule_count(), 100_000);
+    let found = domain
+        .find([("remote_address", "10.1.134.159")].into_iter())
+        .unwrap();
+    assert_eq!(found.rule.requests_per_unit, 0);
+    eprintln!(
+        "100 000 block-list entries ({} bytes) loaded in {:?}",
+        yaml.len(),
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_file_over_the_node_budget_is_refused_in_words() {
+    // Scalars in one flow list: the cheapest way to many nodes.
+    let mut yaml = String::from("domain: huge\ndescriptors:\n  - key: k\n    metadata: [");
+    yaml.push_str(&"1,".repeat(floodgate_server::envoy::MAX_YAML_NODES));
+    yaml.push_str("1]\n");
+    let error = parse_domain(&yaml, Path::new("huge.yaml")).unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "huge.yaml: config error, the file holds more than {} YAML nodes (values, lists \
+             and maps), the most one file may hold: split the domain across files and set \
+             [envoy] merge_domains = true",
+            floodgate_server::envoy::MAX_YAML_NODES
+        )
+    );
 }
 
 async fn start_server(

@@ -193,6 +193,10 @@ async fn reset_needs_the_admin_token_and_refills_the_bucket() {
         false
     );
 
+    // The scheme is case-insensitive (RFC 9110 §11.1).
+    let lowercase = [("authorization", "bearer s3cret-token")];
+    let reply = request(addr, "POST", "/v1/reset", &lowercase, body).await;
+    assert_eq!(reply.status, 204, "{reply:?}");
     let right = [("authorization", "Bearer s3cret-token")];
     let reply = request(addr, "POST", "/v1/reset", &right, body).await;
     assert_eq!(reply.status, 204, "{reply:?}");
@@ -239,6 +243,22 @@ async fn every_bad_request_gets_its_status_and_a_problem_body() {
         ("not json", 400, "invalid request body"),
         ("", 400, "invalid request body"),
         (r#"{"key":"k"}"#, 400, "missing field `policy`"),
+        // An array is not a request, though serde would read a struct from one.
+        (
+            r#"["tight","k",1]"#,
+            400,
+            r#"expected a JSON object such as {"policy":"free","key":"user:42","cost":1}"#,
+        ),
+        (
+            " \n[\"tight\",\"k\"]",
+            400,
+            "expected a JSON object such as",
+        ),
+        (
+            "42",
+            400,
+            r#"expected a JSON object such as {"policy":"free""#,
+        ),
         (r#"{"policy":"tight"}"#, 400, "missing field `key`"),
         (r#"{"policy":"tight","key":42}"#, 400, "invalid type"),
         (
@@ -320,6 +340,12 @@ async fn every_bad_request_gets_its_status_and_a_problem_body() {
         "larger than 65536",
     );
     assert_problem(&get(addr, "/v1/nothing").await, 404, "no such endpoint");
+    assert_problem(
+        &get(addr, "/v1/check").await,
+        405,
+        "/v1/check, /v1/peek and /v1/reset take POST",
+    );
+    assert_problem(&post(addr, "/metrics", "").await, 405, "take GET");
     server.shutdown().await;
 }
 

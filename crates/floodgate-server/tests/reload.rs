@@ -2,13 +2,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{TempDir, get, post};
+use common::{Binary, TempDir, get, post, signal, wait_exit};
 use floodgate_server::{Options, start};
 
 fn valid(generation: u32) -> String {
@@ -161,76 +159,30 @@ async fn buckets_survive_a_reload_and_a_changed_file_is_picked_up() {
     server.shutdown().await;
 }
 
-/// Runs the `floodgate` binary on free ports and returns it with its HTTP address.
-fn spawn_binary(args: &[&str]) -> (std::process::Child, std::net::SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_floodgate"))
-        .args(args)
-        .args(["--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"])
-        .env("FLOODGATE_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut reader = BufReader::new(stdout);
-    let mut first = String::new();
-    reader.read_line(&mut first).unwrap();
-    // Keep draining: the server's stdout stays open for as long as it runs.
-    std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
-    let addr = first
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split(',').next())
-        .unwrap_or_else(|| panic!("unexpected first line: {first:?}"))
-        .parse()
-        .unwrap();
-    (child, addr)
-}
-
-fn signal(child: &std::process::Child, name: &str) {
-    let status = Command::new("kill")
-        .args([&format!("-{name}"), &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
-fn wait_exit(child: &mut std::process::Child) -> Option<i32> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status.code();
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the server did not exit after SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_reloads_on_sighup_and_exits_0_on_sigterm() {
     let dir = TempDir::new("sighup");
     let path = dir.write("floodgate.toml", &valid(0));
     let path = path.to_string_lossy().into_owned();
-    let (mut child, addr) = spawn_binary(&["serve", "--config", &path, "--watch-secs", "0"]);
+    let mut binary = Binary::spawn(&["serve", "--config", &path, "--watch-secs", "0"], None);
+    let (child, addr) = (&mut binary.child, binary.http);
     assert!(get(addr, "/v1/policies").await.body.contains("gen-0"));
 
     dir.write("floodgate.toml", &valid(7));
-    signal(&child, "HUP");
+    signal(child, "HUP");
     let deadline = Instant::now() + Duration::from_secs(10);
     while !get(addr, "/v1/policies").await.body.contains("gen-7") {
         assert!(Instant::now() < deadline, "SIGHUP did not reload");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    signal(&child, "TERM");
-    assert_eq!(wait_exit(&mut child), Some(0));
+    signal(child, "TERM");
+    assert_eq!(wait_exit(child), Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bare_binary_serves_the_demo_tiers() {
-    let (mut child, addr) = spawn_binary(&[]);
+    let mut binary = Binary::spawn(&[], None);
+    let (child, addr) = (&mut binary.child, binary.http);
     let reply = post(addr, "/v1/check", r#"{"policy":"free","key":"user:42"}"#).await;
     let json = reply.json();
     assert_eq!(
@@ -242,8 +194,8 @@ async fn the_bare_binary_serves_the_demo_tiers() {
         list,
         r#"[{"name":"enterprise","limits":"100/s burst 200"},{"name":"free","limits":"5/s burst 10; 1000/d"},{"name":"pro","limits":"50/s burst 100"}]"#
     );
-    signal(&child, "INT");
-    assert_eq!(wait_exit(&mut child), Some(0));
+    signal(child, "INT");
+    assert_eq!(wait_exit(child), Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

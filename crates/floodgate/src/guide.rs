@@ -110,3 +110,29 @@
 //! store; any type implementing [`Store`](crate::Store) plugs into
 //! [`RateLimiter::new`](crate::RateLimiter::new), and the `floodgate-testkit` conformance
 //! suite states exactly what a store must do.
+//!
+//! ## The server's connection bounds
+//!
+//! The `floodgate` server (crate `floodgate-server`) states three bounds on connections; each
+//! follows from how its accept loops are built.
+//!
+//! - **A silent gRPC connection lives at most `grpc_handshake_timeout` after it is
+//!   accepted.** Before a connection reaches the HTTP/2 engine, its task reads the 24-byte
+//!   client preface and the first frame header (and a `SETTINGS` payload of at most 16 KiB)
+//!   under one timer started at accept; when the timer fires the task returns and the socket
+//!   is dropped. Nothing else runs on that connection before the timer is armed, so no client
+//!   behaviour can extend it. (A connection still waiting in the kernel's backlog — the
+//!   listener is at `grpc_max_connections`, or out of file descriptors — is not yet
+//!   accepted; it is accepted when a slot frees, which each closed silent connection does,
+//!   so a backlog of silent connections drains in at most ⌈n / slots⌉ handshake periods.)
+//! - **Shutdown takes at most `shutdown_grace` plus the time to cut.** On the stop signal
+//!   each listener stops accepting, asks every connection to finish (HTTP/1.1: no more
+//!   keep-alive; HTTP/2: `GOAWAY`; a connection still in its handshake: closed at once), and
+//!   waits for the connection tasks under one `shutdown_grace` timer; when it fires, every
+//!   remaining task is aborted, which drops its socket. Aborting does not wait on the peer,
+//!   so the exit follows without any further client-controlled delay.
+//! - **The body cap is exact.** Each data frame's length is added to the bytes held so far
+//!   (the first frame, or the joined buffer once a second frame arrives — never both), and a
+//!   frame that takes the total past 65 536 bytes fails the request with `413`; a declared
+//!   `Content-Length` over the cap fails it before reading. So the accepted bodies are
+//!   exactly those of at most 65 536 bytes, whatever the framing.

@@ -3,8 +3,11 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -150,5 +153,100 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The `floodgate` binary running on free ports.
+pub struct Binary {
+    pub child: Child,
+    pub http: SocketAddr,
+    pub grpc: SocketAddr,
+}
+
+impl Binary {
+    /// Runs the binary with `args` on free ports; `nofile` sets its soft and hard
+    /// `RLIMIT_NOFILE` first (through `sh -c 'ulimit -n N; exec …'`).
+    pub fn spawn(args: &[&str], nofile: Option<u32>) -> Binary {
+        let binary = env!("CARGO_BIN_EXE_floodgate");
+        let mut command = match nofile {
+            None => Command::new(binary),
+            Some(n) => {
+                let mut command = Command::new("sh");
+                command.args([
+                    "-c",
+                    &format!("ulimit -n {n} && exec \"$0\" \"$@\""),
+                    binary,
+                ]);
+                command
+            }
+        };
+        let mut child = command
+            .args(args)
+            .args(["--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0"])
+            .env("FLOODGATE_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut reader = BufReader::new(stdout);
+        let mut first = String::new();
+        reader.read_line(&mut first).unwrap();
+        // Keep draining: the server's stdout stays open for as long as it runs.
+        std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+        // "floodgate listening: HTTP on http://A, Envoy RLS gRPC on B"
+        let parse = |text: Option<&str>| -> SocketAddr {
+            text.and_then(|t| t.trim().parse().ok())
+                .unwrap_or_else(|| panic!("unexpected first line: {first:?}"))
+        };
+        let http = parse(
+            first
+                .split("http://")
+                .nth(1)
+                .and_then(|rest| rest.split(',').next()),
+        );
+        let grpc = parse(first.split("gRPC on ").nth(1));
+        Binary { child, http, grpc }
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        // Ours: stopped by its pid.
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Sends a signal (by name, such as `TERM`) to a child process we started, by its pid.
+pub fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Waits up to 10 s for `child` to exit; its exit code.
+pub fn wait_exit(child: &mut Child) -> Option<i32> {
+    wait_exit_within(child, Duration::from_secs(10)).unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!("the server did not exit in time");
+    })
+}
+
+/// Waits up to `limit` for `child` to exit: `Some(exit code)`, or `None` if it still runs.
+pub fn wait_exit_within(child: &mut Child, limit: Duration) -> Option<Option<i32>> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status.code());
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
