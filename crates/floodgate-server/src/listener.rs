@@ -303,6 +303,34 @@ impl Drop for InFlight {
     }
 }
 
+/// `service` as one connection's hyper service, each request counted in `activity` from its
+/// start until its response is ready.
+fn tracked<S, B>(
+    activity: Arc<Activity>,
+    service: S,
+) -> impl hyper::service::Service<
+    http::Request<Incoming>,
+    Response = http::Response<B>,
+    Error = S::Error,
+    Future = impl Future<Output = Result<http::Response<B>, S::Error>> + Send + 'static,
+>
+where
+    S: Service<http::Request<Incoming>, Response = http::Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body,
+{
+    hyper::service::service_fn(move |request: http::Request<Incoming>| {
+        let in_flight = activity.start();
+        let mut service = service.clone();
+        async move {
+            let response = service.call(request).await;
+            drop(in_flight);
+            response
+        }
+    })
+}
+
 /// Serves the HTTP JSON API until `stopped`, then drains for at most `grace`.
 pub(crate) async fn serve_http(
     listener: TcpListener,
@@ -326,18 +354,7 @@ pub(crate) async fn serve_http(
         let app = app.clone();
         async move {
             let activity = Activity::new();
-            let service = {
-                let activity = activity.clone();
-                hyper::service::service_fn(move |request: http::Request<Incoming>| {
-                    let in_flight = activity.start();
-                    let mut app = app.clone();
-                    async move {
-                        let response = app.call(request).await;
-                        drop(in_flight);
-                        response
-                    }
-                })
-            };
+            let service = tracked(activity.clone(), app);
             let connection = builder.serve_connection(TokioIo::new(stream), service);
             let mut connection = pin!(connection);
             tokio::select! {
@@ -399,18 +416,7 @@ pub(crate) async fn serve_grpc(
                 () = conn.stopped() => return Some(Closed::Shutdown),
             };
             let activity = Activity::new();
-            let service = {
-                let activity = activity.clone();
-                hyper::service::service_fn(move |request: http::Request<Incoming>| {
-                    let in_flight = activity.start();
-                    let mut routes = routes.clone();
-                    async move {
-                        let response = routes.call(request.map(tonic::body::Body::new)).await;
-                        drop(in_flight);
-                        response
-                    }
-                })
-            };
+            let service = tracked(activity.clone(), routes);
             let io = TokioIo::new(Replay::new(handshake, stream));
             let connection = builder.serve_connection(io, service);
             let mut connection = pin!(connection);

@@ -191,3 +191,25 @@ async fn shutdown_signal() {
         () = terminate => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_banner_suggests_a_configured_policy() {
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap_or_else(|e| panic!("{e}"));
+        let config = Config::parse(
+            "[policies]\ngold = \"5/s\"\n",
+            std::path::Path::new("x.toml"),
+            None,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let text = banner(&config, addr, addr, false);
+        assert!(
+            text.contains(r#"{"key":"user:42","policy":"gold"}"#),
+            "{text}"
+        );
+        assert!(!text.contains("free"), "{text}");
+    }
+}
