@@ -253,10 +253,14 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
     )));
 
     if let (Some(interval), Some(path)) = (options.watch_interval, options.config.clone()) {
+        // The first fingerprint is taken before `start` returns: a change made right after
+        // it must be seen as one.
+        let first = fingerprint(&shared, &path).await;
         tasks.push(tokio::spawn(watch_files(
             shared.clone(),
             path,
             interval,
+            first,
             stopped.clone(),
         )));
     }
@@ -336,23 +340,17 @@ async fn watch_files(
     shared: Arc<runtime::Shared>,
     path: PathBuf,
     interval: Duration,
+    first: Option<files::Fingerprint>,
     mut stopped: watch::Receiver<bool>,
 ) {
-    let take = |shared: &runtime::Shared| {
-        let config = &shared.runtime.load().config;
-        let dir = config.envoy_dir.clone();
-        let cap = config.envoy_options.max_file_bytes;
-        let path = path.clone();
-        tokio::task::spawn_blocking(move || files::Fingerprint::take(&path, dir.as_deref(), cap))
-    };
-    let mut last = take(&shared).await.ok();
+    let mut last = first;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             () = until_stopped(&mut stopped) => return,
         }
         let now = tokio::select! {
-            now = take(&shared) => now.ok(),
+            now = fingerprint(&shared, &path) => now,
             () = until_stopped(&mut stopped) => return,
         };
         let changed = match (&now, &last) {
@@ -364,6 +362,21 @@ async fn watch_files(
             let _ = shared.reload().await;
         }
     }
+}
+
+/// The fingerprint of the files the served config was loaded from, taken off the async
+/// workers (`None` if that task failed).
+async fn fingerprint(
+    shared: &runtime::Shared,
+    path: &std::path::Path,
+) -> Option<files::Fingerprint> {
+    let config = &shared.runtime.load().config;
+    let dir = config.envoy_dir.clone();
+    let cap = config.envoy_options.max_file_bytes;
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || files::Fingerprint::take(&path, dir.as_deref(), cap))
+        .await
+        .ok()
 }
 
 #[cfg(unix)]
