@@ -458,12 +458,23 @@ impl Config {
             }
             Some(file_name) => {
                 let path = dir.unwrap_or(Path::new(".")).join(&file_name);
-                let pem = std::fs::read(&path).map_err(|e| {
-                    err(
-                        "store.tls_ca_file",
-                        format!("cannot read '{}': {e}", path.display()),
-                    )
-                })?;
+                // Read as every config file is: only a regular file, capped, never blocking.
+                let pem = match files::read_capped(&path, files::MAX_CONFIG_BYTES) {
+                    Ok(pem) => pem.into_bytes(),
+                    Err(files::ReadError::NotText) => Vec::new(),
+                    Err(files::ReadError::Io(e)) => {
+                        return Err(err(
+                            "store.tls_ca_file",
+                            format!("cannot read '{}': {e}", path.display()),
+                        ));
+                    }
+                    Err(e) => {
+                        return Err(err(
+                            "store.tls_ca_file",
+                            format!("'{}': {e}", path.display()),
+                        ));
+                    }
+                };
                 if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
                     return Err(err(
                         "store.tls_ca_file",
@@ -759,24 +770,21 @@ impl Config {
 
 /// A duration such as `"50ms"` or `"10s"`: above zero and at most `max`.
 fn parse_duration(text: &str, max: Duration) -> Result<Duration, String> {
-    let duration = humantime::parse_duration(text)
-        .map_err(|e| format!("'{text}' is not a duration such as \"50ms\": {e}"))?;
-    if duration.is_zero() || duration > max {
-        return Err(format!(
-            "must be above 0 and at most {}, got '{text}'",
-            humantime::format_duration(max)
-        ));
-    }
-    Ok(duration)
+    duration_within(text, false, max)
 }
 
 /// A duration such as `"10s"`, or `"0s"`: at most `max`.
 fn parse_duration_or_zero(text: &str, max: Duration) -> Result<Duration, String> {
+    duration_within(text, true, max)
+}
+
+fn duration_within(text: &str, zero_allowed: bool, max: Duration) -> Result<Duration, String> {
     let duration = humantime::parse_duration(text)
-        .map_err(|e| format!("'{text}' is not a duration such as \"10s\": {e}"))?;
-    if duration > max {
+        .map_err(|e| format!("'{text}' is not a duration such as \"50ms\": {e}"))?;
+    if (duration.is_zero() && !zero_allowed) || duration > max {
         return Err(format!(
-            "must be at most {}, got '{text}'",
+            "must be {}at most {}, got '{text}'",
+            if zero_allowed { "" } else { "above 0 and " },
             humantime::format_duration(max)
         ));
     }

@@ -96,18 +96,6 @@ pub(crate) async fn accept(listener: &TcpListener) -> io::Result<(TcpStream, Soc
 /// Why a connection's task ended, when the server ended it.
 type Outcome = Option<Closed>;
 
-/// What every connection task gets: the shutdown signal.
-#[derive(Clone)]
-struct Conn {
-    stopped: watch::Receiver<bool>,
-}
-
-impl Conn {
-    async fn stopped(&mut self) {
-        crate::until_stopped(&mut self.stopped).await;
-    }
-}
-
 /// One listener's accept loop: at most `max_connections` tasks of `serve`, accept errors
 /// counted and backed off, and on `stopped` a drain of at most `grace` before the rest are
 /// cut.
@@ -120,15 +108,12 @@ async fn run<F, Fut>(
     mut stopped: watch::Receiver<bool>,
     serve: F,
 ) where
-    F: Fn(TcpStream, Conn) -> Fut,
+    F: Fn(TcpStream, watch::Receiver<bool>) -> Fut,
     Fut: Future<Output = Outcome> + Send + 'static,
 {
     let permits = Arc::new(Semaphore::new(max_connections));
     let mut tasks: JoinSet<Outcome> = JoinSet::new();
     let mut backoff = AcceptBackoff::default();
-    let conn = Conn {
-        stopped: stopped.clone(),
-    };
     let reap = |outcome: Result<Outcome, tokio::task::JoinError>| {
         if let Ok(Some(reason)) = outcome {
             metrics.closed(which, reason);
@@ -169,7 +154,7 @@ async fn run<F, Fut>(
         let Some(stream) = stream else {
             break;
         };
-        let connection = serve(stream, conn.clone());
+        let connection = serve(stream, stopped.clone());
         tasks.spawn(async move {
             let outcome = connection.await;
             drop(permit);
@@ -251,9 +236,12 @@ impl AcceptBackoff {
     }
 }
 
-/// Per-connection bookkeeping: requests in flight and when the last one started or ended.
+/// Per-connection bookkeeping: requests served and, where idle connections are closed
+/// (gRPC), requests in flight and when the last one started or ended.
 struct Activity {
     opened: Instant,
+    /// Whether `in_flight` and `last_ms` are kept (they cost a clock read per request).
+    tracks_idle: bool,
     in_flight: AtomicU32,
     served: AtomicU64,
     /// Milliseconds after `opened` of the last start or end of a request.
@@ -261,9 +249,10 @@ struct Activity {
 }
 
 impl Activity {
-    fn new() -> Arc<Activity> {
+    fn new(tracks_idle: bool) -> Arc<Activity> {
         Arc::new(Activity {
             opened: Instant::now(),
+            tracks_idle,
             in_flight: AtomicU32::new(0),
             served: AtomicU64::new(0),
             last_ms: AtomicU64::new(0),
@@ -276,11 +265,14 @@ impl Activity {
     }
 
     /// Marks a request as started; the guard marks it ended.
-    fn start(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    fn start(self: &Arc<Self>) -> Option<InFlight> {
         self.served.fetch_add(1, Ordering::Relaxed);
+        if !self.tracks_idle {
+            return None;
+        }
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.touch();
-        InFlight(self.clone())
+        Some(InFlight(self.clone()))
     }
 
     /// When the connection becomes idle for `idle` if nothing happens meanwhile; `None`
@@ -349,11 +341,11 @@ pub(crate) async fn serve_http(
         .max_header_size(limits.max_header_bytes)
         .keep_alive(true);
     let builder = Arc::new(builder);
-    let serve = move |stream: TcpStream, mut conn: Conn| {
+    let serve = move |stream: TcpStream, mut stopped: watch::Receiver<bool>| {
         let builder = builder.clone();
         let app = app.clone();
         async move {
-            let activity = Activity::new();
+            let activity = Activity::new(false);
             let service = tracked(activity.clone(), app);
             let connection = builder.serve_connection(TokioIo::new(stream), service);
             let mut connection = pin!(connection);
@@ -367,7 +359,7 @@ pub(crate) async fn serve_http(
                     }),
                     _ => None,
                 },
-                () = conn.stopped() => {
+                () = crate::until_stopped(&mut stopped) => {
                     connection.as_mut().graceful_shutdown();
                     let _ = connection.await;
                     Some(Closed::Shutdown)
@@ -403,7 +395,7 @@ pub(crate) async fn serve_grpc(
         .keep_alive_timeout(Duration::from_secs(10))
         .max_concurrent_streams(1_024);
     let builder = Arc::new(builder);
-    let serve = move |mut stream: TcpStream, mut conn: Conn| {
+    let serve = move |mut stream: TcpStream, mut stopped: watch::Receiver<bool>| {
         let builder = builder.clone();
         let routes = routes.clone();
         async move {
@@ -413,9 +405,9 @@ pub(crate) async fn serve_grpc(
                     Ok(Err(_)) => return None,
                     Err(_) => return Some(Closed::HandshakeTimeout),
                 },
-                () = conn.stopped() => return Some(Closed::Shutdown),
+                () = crate::until_stopped(&mut stopped) => return Some(Closed::Shutdown),
             };
-            let activity = Activity::new();
+            let activity = Activity::new(true);
             let service = tracked(activity.clone(), routes);
             let io = TokioIo::new(Replay::new(handshake, stream));
             let connection = builder.serve_connection(io, service);
@@ -428,12 +420,14 @@ pub(crate) async fn serve_grpc(
                     _ = connection.as_mut() => return None,
                     () = tokio::time::sleep_until(wake) => {
                         if activity.idle_at(limits.idle_timeout).is_some_and(|at| at <= Instant::now()) {
+                            // GOAWAY, then a PING round trip before the close: bounded, for
+                            // a peer that never answers.
                             connection.as_mut().graceful_shutdown();
-                            let _ = connection.await;
+                            let _ = tokio::time::timeout(GOAWAY_GRACE, connection).await;
                             return Some(Closed::Idle);
                         }
                     }
-                    () = conn.stopped() => {
+                    () = crate::until_stopped(&mut stopped) => {
                         connection.as_mut().graceful_shutdown();
                         let _ = connection.await;
                         return Some(Closed::Shutdown);
@@ -453,6 +447,9 @@ pub(crate) async fn serve_grpc(
     )
     .await;
 }
+
+/// How long an idle connection told to go away may take to close by itself.
+const GOAWAY_GRACE: Duration = Duration::from_secs(10);
 
 /// The HTTP/2 client preface (RFC 9113 §3.4).
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";

@@ -29,10 +29,7 @@ pub struct Reset<'a> {
 }
 
 #[derive(Deserialize)]
-#[serde(
-    deny_unknown_fields,
-    expecting = "a JSON object such as {\"policy\":\"free\",\"key\":\"user:42\",\"cost\":1}"
-)]
+#[serde(deny_unknown_fields)]
 struct RawDecide<'a> {
     #[serde(borrow)]
     policy: Cow<'a, str>,
@@ -42,10 +39,7 @@ struct RawDecide<'a> {
 }
 
 #[derive(Deserialize)]
-#[serde(
-    deny_unknown_fields,
-    expecting = "a JSON object such as {\"policy\":\"free\",\"key\":\"user:42\"}"
-)]
+#[serde(deny_unknown_fields)]
 struct RawReset<'a> {
     #[serde(borrow)]
     policy: Cow<'a, str>,
