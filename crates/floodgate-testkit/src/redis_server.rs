@@ -65,6 +65,11 @@ impl RedisServer {
         }
     }
 
+    /// The server's process id (for reading its CPU time; it is stopped through its handle).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Kills the server; `restart` brings it back.
     pub fn kill(&mut self) {
         self.stop();

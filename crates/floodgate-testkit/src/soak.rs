@@ -2,6 +2,11 @@
 //! checked for the two ways a long-running limiter degrades — memory that keeps growing
 //! once the key set is stable, and throughput that decays.
 //!
+//! Throughput is measured per CPU second ([`CpuClock`]), not per wall-clock second: on a
+//! shared machine a neighbour can take the CPU away for seconds, which wall-clock rates
+//! mistake for decay. The work a decision costs does not change when the machine gets
+//! busy; it grows when the limiter degrades (longer probe chains, a growing sweep, a leak).
+//!
 //! The default test command runs short soaks; `FLOODGATE_SOAK_SECS` makes them long (for
 //! example `FLOODGATE_SOAK_SECS=600` for ten minutes).
 
@@ -10,7 +15,7 @@ use std::time::Duration;
 /// One sample of a soak run.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Sample {
-    /// Decisions per second over the interval.
+    /// Decisions per CPU second over the interval (see [`CpuClock`]).
     pub rate: f64,
     /// The memory being watched (process RSS, Redis `used_memory`, …), in bytes.
     pub memory: u64,
@@ -31,7 +36,72 @@ pub fn resident_bytes() -> Option<u64> {
     Some(pages * 4096)
 }
 
+/// CPU time used by a process so far (user + system), in seconds, from `/proc/<pid>/stat`
+/// (Linux; `None` elsewhere or when the process is gone). `pid = None` is this process.
+pub fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/stat"),
+        None => "/proc/self/stat".to_owned(),
+    };
+    let stat = std::fs::read_to_string(path).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: fields are counted from
+    // the last `)`. What follows starts at field 3; utime and stime are fields 14 and 15.
+    let mut fields = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    // `/proc` counts in USER_HZ, 100 per second on Linux. A wrong value would scale every
+    // rate alike, and soaks compare rates with each other only.
+    Some((utime + stime) as f64 / 100.0)
+}
+
+/// The CPU time spent by the processes doing a soak's work (this one, plus any servers it
+/// drives, such as a `redis-server`), for rates per CPU second. Where `/proc` is missing it
+/// falls back to wall-clock time.
+#[derive(Debug)]
+pub struct CpuClock {
+    pids: Vec<u32>,
+    started: std::time::Instant,
+    last: (f64, u64),
+}
+
+impl CpuClock {
+    /// A clock summing this process's CPU time and that of `servers`.
+    pub fn new(servers: &[u32]) -> Self {
+        let mut clock = Self {
+            pids: servers.to_vec(),
+            started: std::time::Instant::now(),
+            last: (0.0, 0),
+        };
+        clock.last = (clock.now(), 0);
+        clock
+    }
+
+    /// Decisions per CPU second since the previous call (or since `new`), given the total
+    /// count of decisions so far. NaN when no CPU time passed (the judge skips it).
+    pub fn rate(&mut self, decisions: u64) -> f64 {
+        let now = (self.now(), decisions);
+        let (cpu, done) = (now.0 - self.last.0, now.1.saturating_sub(self.last.1));
+        self.last = now;
+        if cpu > 0.0 {
+            done as f64 / cpu
+        } else {
+            f64::NAN
+        }
+    }
+
+    /// Seconds of CPU used so far by the watched processes (or of wall-clock time since
+    /// `new`, where `/proc` cannot be read).
+    pub fn now(&self) -> f64 {
+        let cpu = std::iter::once(None)
+            .chain(self.pids.iter().copied().map(Some))
+            .map(cpu_seconds)
+            .sum::<Option<f64>>();
+        cpu.unwrap_or_else(|| self.started.elapsed().as_secs_f64())
+    }
+}
+
 fn median(mut values: Vec<f64>) -> f64 {
+    values.retain(|v| !v.is_nan());
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
@@ -43,9 +113,9 @@ pub struct Verdict {
     pub memory_after_warmup: u64,
     /// The most memory seen after the warm-up.
     pub memory_peak: u64,
-    /// Median decisions per second in the second third of the samples.
+    /// Median decisions per CPU second in the second third of the samples.
     pub early_rate: f64,
-    /// Median decisions per second in the last third.
+    /// Median decisions per CPU second in the last third.
     pub late_rate: f64,
 }
 
@@ -53,7 +123,7 @@ impl std::fmt::Display for Verdict {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "memory {:.1} MB after warm-up, peak {:.1} MB; {:.0} decisions/s early, {:.0} late",
+            "memory {:.1} MB after warm-up, peak {:.1} MB; {:.0} decisions per CPU second early, {:.0} late",
             self.memory_after_warmup as f64 / 1e6,
             self.memory_peak as f64 / 1e6,
             self.early_rate,
@@ -102,6 +172,22 @@ mod tests {
                 memory: memory(i),
             })
             .collect()
+    }
+
+    #[test]
+    fn cpu_time_grows_with_work_done() {
+        let clock = CpuClock::new(&[]);
+        let before = clock.now();
+        let mut x = 0u64;
+        let started = std::time::Instant::now();
+        while started.elapsed() < std::time::Duration::from_millis(100) {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        assert!(clock.now() > before, "100 ms of spinning used no CPU time");
+        let mut clock = CpuClock::new(&[]);
+        assert!(clock.rate(0).is_nan() || clock.rate(0) == 0.0);
+        assert!(cpu_seconds(Some(std::process::id())).is_some_and(|s| s > 0.0));
+        assert_eq!(cpu_seconds(Some(u32::MAX)), None, "no such process");
     }
 
     #[test]
