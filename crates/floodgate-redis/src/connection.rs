@@ -18,8 +18,11 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::SingleNodeRoutingInfo;
 use redis::{RedisError, RedisResult, Script, ServerErrorKind, Value};
 
-/// Redirects followed for one request before giving up (a slot moving twice in a row).
-const MAX_REDIRECTS: usize = 3;
+/// Redirects followed for one request before giving up. Each proves the request did not
+/// run, and the waits between them (5, 10, … 25 ms: 75 ms in all) give the client time to
+/// rebuild its slot map while a failover settles; the store's timeout bounds the whole call
+/// anyway.
+const MAX_REDIRECTS: usize = 6;
 
 #[derive(Clone)]
 pub(crate) enum Connection {
