@@ -49,7 +49,8 @@ impl DenyCache {
         (&self.shards[(hash >> 60) as usize % SHARDS], hash)
     }
 
-    /// A denial of `op` at `now` (µs, local clock), if the cached state denies it.
+    /// A denial of `op` at `now` (µs, local clock), if the cached state denies it. A charge
+    /// is never answered here: it consumes even when it does not fit.
     pub(crate) fn deny(
         &self,
         policy: &Policy,
@@ -58,6 +59,9 @@ impl DenyCache {
         now: u64,
         op: Op,
     ) -> Option<Decision> {
+        if matches!(op, Op::Charge(_)) {
+            return None;
+        }
         let (shard, hash) = self.slot(policy, key);
         let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
         let entry = shard.get(&hash)?;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
+use floodgate::gcra::Op;
 use floodgate::{
     Clock, Decision, DecisionSource, Error, Limit, MemoryStore, MonotonicClock, Policy, Store,
 };
@@ -162,7 +163,7 @@ impl Fallback {
         &self,
         policy: &Policy,
         key: &str,
-        op: LocalOp,
+        op: Op,
         error: Error,
         wait: Duration,
     ) -> Result<Decision, Error> {
@@ -182,17 +183,13 @@ impl Fallback {
                 .with_source(DecisionSource::FailClosed)),
             FailurePolicy::Local { share } => {
                 let local = scaled(policy, share)?;
-                let decision = match op {
-                    LocalOp::Acquire(cost) => {
-                        // A cost the full policy allows may exceed the scaled burst: cap it
-                        // there rather than refuse a request Redis would have taken.
-                        self.local
-                            .acquire(&local, key, cost.min(local.max_cost()))
-                            .await?
-                    }
-                    LocalOp::Peek => self.local.peek(&local, key).await?,
-                    LocalOp::Charge(cost) => self.local.charge(&local, key, cost).await?,
+                let op = match op {
+                    // A cost the full policy allows may exceed the scaled burst: cap it
+                    // there rather than refuse a request Redis would have taken.
+                    Op::Acquire(cost) => Op::Acquire(cost.min(local.max_cost())),
+                    op => op,
                 };
+                let decision = self.local.apply(&local, key, op).await?;
                 Ok(decision.with_source(DecisionSource::LocalFallback))
             }
         }
@@ -206,14 +203,6 @@ impl Fallback {
             }
         }
     }
-}
-
-/// What to ask of the local fallback.
-#[derive(Clone, Copy)]
-pub(crate) enum LocalOp {
-    Acquire(u32),
-    Peek,
-    Charge(u32),
 }
 
 /// `policy` with every count and burst multiplied by `share` (at least 1).

@@ -5,12 +5,12 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use floodgate::gcra::{Op as GcraOp, Rate, Verdict};
+use floodgate::gcra::{Op, Rate, Verdict};
 use floodgate::{Clock, Decision, Error, Limit, ManualClock, MonotonicClock, Policy, Store};
 
 use crate::cache::DenyCache;
 use crate::connection::Connection;
-use crate::failure::{Breaker, FailurePolicy, Fallback, Gate, LocalOp};
+use crate::failure::{Breaker, FailurePolicy, Fallback, Gate};
 use crate::keys;
 
 /// Microseconds: Redis decisions' time unit (Lua numbers are exact to 2^53).
@@ -21,9 +21,15 @@ const DEFAULT_BREAKER_FAILURES: u32 = 3;
 const DEFAULT_BREAKER_COOLDOWN: Duration = Duration::from_millis(250);
 const DEFAULT_DENY_CACHE: usize = 100_000;
 
-const OP_ACQUIRE: u8 = 1;
-const OP_PEEK: u8 = 2;
-const OP_CHARGE: u8 = 3;
+/// The decision script's first two arguments for `op`: its code (1 acquire, 2 peek,
+/// 3 charge) and its cost.
+fn wire(op: Op) -> [i64; 2] {
+    match op {
+        Op::Acquire(cost) => [1, i64::from(cost)],
+        Op::Peek => [2, 1],
+        Op::Charge(cost) => [3, i64::from(cost)],
+    }
+}
 
 /// Bucket state in Redis, shared by every process that uses the same server and prefix.
 ///
@@ -345,39 +351,16 @@ impl<C: Clock> RedisStore<C> {
         }
     }
 
-    async fn decide(
-        &self,
-        policy: &Policy,
-        key: &str,
-        op: u8,
-        cost: u32,
-    ) -> Result<Decision, Error> {
-        let rates = policy
-            .limits()
-            .iter()
-            .map(rate_in_micros)
-            .collect::<Result<Vec<_>, _>>()?;
-        let local_op = match op {
-            OP_ACQUIRE => LocalOp::Acquire(cost),
-            OP_PEEK => LocalOp::Peek,
-            _ => LocalOp::Charge(cost),
-        };
+    async fn decide(&self, policy: &Policy, key: &str, op: Op) -> Result<Decision, Error> {
+        debug_assert!(op.is_validated_for(policy), "{op:?} reached the store");
+        let rates = policy.rates_us().ok_or_else(|| too_fast(policy))?;
         if let Some(cache) = &self.cache {
-            let cached_op = match op {
-                OP_ACQUIRE => Some(GcraOp::Acquire(cost)),
-                OP_PEEK => Some(GcraOp::Peek),
-                _ => None,
-            };
-            if let Some(cached_op) = cached_op {
-                if let Some(denied) =
-                    cache.deny(policy, key, &rates, self.local_micros(), cached_op)
-                {
-                    // Answered without I/O: still give way when the task's budget is spent,
-                    // so a task looping over cached denials cannot starve the connection
-                    // driver (and every other task's Redis replies) on its worker.
-                    tokio::task::consume_budget().await;
-                    return Ok(denied);
-                }
+            if let Some(denied) = cache.deny(policy, key, rates, self.local_micros(), op) {
+                // Answered without I/O: still give way when the task's budget is spent, so a
+                // task looping over cached denials cannot starve the connection driver (and
+                // every other task's Redis replies) on its worker.
+                tokio::task::consume_budget().await;
+                return Ok(denied);
             }
         }
         if let Gate::Open(wait) = self.breaker.gate() {
@@ -386,10 +369,7 @@ impl<C: Clock> RedisStore<C> {
                 "{}: skipped while Redis is failing (circuit open)",
                 self.url
             ));
-            return self
-                .fallback
-                .decide(policy, key, local_op, error, wait)
-                .await;
+            return self.fallback.decide(policy, key, op, error, wait).await;
         }
         let keys = keys::keys(&self.prefix, policy, key);
         let now = if self.send_time {
@@ -398,8 +378,9 @@ impl<C: Clock> RedisStore<C> {
             -1
         };
         let mut args = Vec::with_capacity(3 + 2 * rates.len());
-        args.extend([i64::from(op), i64::from(cost), now]);
-        for rate in &rates {
+        args.extend(wire(op));
+        args.push(now);
+        for rate in rates {
             args.push(i64::try_from(rate.interval()).unwrap_or(i64::MAX));
             args.push(i64::try_from(rate.burst()).unwrap_or(i64::MAX));
         }
@@ -408,9 +389,9 @@ impl<C: Clock> RedisStore<C> {
         let failure = match call.await.unwrap_or_else(|_| Err(timed_out())) {
             Ok(reply) => {
                 self.breaker.success();
-                let (decision, ahead) = read_reply(reply, &rates)?;
+                let (decision, ahead) = read_reply(reply, rates)?;
                 if let Some(cache) = &self.cache {
-                    cache.record(policy, key, &rates, self.local_micros(), &ahead);
+                    cache.record(policy, key, rates, self.local_micros(), &ahead);
                 }
                 return Ok(decision);
             }
@@ -423,7 +404,7 @@ impl<C: Clock> RedisStore<C> {
         };
         self.breaker.failure();
         self.fallback
-            .decide(policy, key, local_op, failure, self.breaker.cooldown())
+            .decide(policy, key, op, failure, self.breaker.cooldown())
             .await
     }
 }
@@ -476,18 +457,21 @@ fn unavailable(error: &redis::RedisError) -> bool {
         )
 }
 
-/// A limit in microseconds, or `InvalidLimit` when rounding to microseconds would lose more
-/// than 1% of its rate.
-fn rate_in_micros(limit: &Limit) -> Result<floodgate::gcra::Rate, Error> {
-    limit
-        .rate_in_unit(UNIT_NS)
-        .ok_or_else(|| Error::InvalidLimit {
-            limit: limit.to_string(),
-            reason:
-                "too fast for the Redis store, which counts whole microseconds: the interval would \
+/// `InvalidLimit` for the first limit of `policy` that rounding to microseconds would
+/// change by more than 1% of its rate.
+fn too_fast(policy: &Policy) -> Error {
+    let limit = policy
+        .limits()
+        .iter()
+        .find(|l| l.rate_in_unit(UNIT_NS).is_none())
+        .map_or_else(String::new, Limit::to_string);
+    Error::InvalidLimit {
+        limit,
+        reason:
+            "too fast for the Redis store, which counts whole microseconds: the interval would \
                  round by more than 1%"
-                    .into(),
-        })
+                .into(),
+    }
 }
 
 /// The decision in a script reply: a bare integer is the single-limit admission
@@ -556,13 +540,8 @@ impl<C: Clock> Store for RedisStore<C> {
         &self.clock
     }
 
-    async fn acquire(&self, policy: &Policy, key: &str, cost: u32) -> Result<Decision, Error> {
-        policy.check_cost(cost)?;
-        self.decide(policy, key, OP_ACQUIRE, cost).await
-    }
-
-    async fn peek(&self, policy: &Policy, key: &str) -> Result<Decision, Error> {
-        self.decide(policy, key, OP_PEEK, 1).await
+    async fn apply(&self, policy: &Policy, key: &str, op: Op) -> Result<Decision, Error> {
+        self.decide(policy, key, op).await
     }
 
     async fn reset(&self, policy: &Policy, key: &str) -> Result<(), Error> {
@@ -578,16 +557,6 @@ impl<C: Clock> Store for RedisStore<C> {
             Ok(_) => Ok(()),
             Err(e) => Err(self.error(&e)),
         }
-    }
-
-    async fn charge(&self, policy: &Policy, key: &str, cost: u32) -> Result<Decision, Error> {
-        if cost == 0 {
-            return Err(Error::InvalidCost {
-                cost,
-                reason: "a request costs at least 1",
-            });
-        }
-        self.decide(policy, key, OP_CHARGE, cost).await
     }
 }
 

@@ -190,10 +190,6 @@ fn parse_decide<'a>(
     let request = request::decide(body).map_err(|detail| bad_request(shared, &detail))?;
     let cost = request.cost;
     let served = served_policy(shared, runtime, &request.policy)?;
-    if let Err(e) = served.policy.check_cost(cost) {
-        shared.metrics.bad_request();
-        return Err(problem(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string()));
-    }
     Ok((served, request, cost))
 }
 
@@ -257,7 +253,9 @@ fn insert_fields(headers: &mut HeaderMap, served: &ServedPolicy, decision: &Deci
 
 fn store_failure(shared: &Shared, error: &Error) -> Response {
     match error {
+        // The limiter validates costs: a cost no request may have is the client's error.
         Error::CostExceedsBurst { .. } | Error::InvalidCost { .. } => {
+            shared.metrics.bad_request();
             problem(StatusCode::UNPROCESSABLE_ENTITY, &error.to_string())
         }
         _ => {
@@ -309,7 +307,12 @@ async fn decide(shared: &Shared, request: axum::extract::Request, op: Decide) ->
                 .check_n(&served.policy, &request.key, cost)
                 .await
         }
-        Decide::Peek => runtime.limiter.peek(&served.policy, &request.key).await,
+        // The limiter's `peek` asks about one token; the cost a peek asks about is held to
+        // the rule the limiter applies to a check, so both answer `422` alike.
+        Decide::Peek => match served.policy.check_cost(cost) {
+            Ok(()) => runtime.limiter.peek(&served.policy, &request.key).await,
+            Err(e) => Err(e),
+        },
     };
     shared.metrics.store_latency(Duration::from_nanos(
         clock.now_nanos().saturating_sub(started),

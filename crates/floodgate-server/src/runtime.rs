@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
+use floodgate::gcra::Op;
 use floodgate::{Decision, Error, MemoryStore, MonotonicClock, Policy, RateLimiter, Store};
 use floodgate_redis::{FailurePolicy, RedisStore};
 use http::HeaderValue;
@@ -26,7 +27,6 @@ pub enum AnyStore {
 
 impl Store for AnyStore {
     type Clock = MonotonicClock;
-    const VALIDATES_COST: bool = false;
 
     fn clock(&self) -> &MonotonicClock {
         match self {
@@ -35,17 +35,10 @@ impl Store for AnyStore {
         }
     }
 
-    async fn acquire(&self, policy: &Policy, key: &str, cost: u32) -> Result<Decision, Error> {
+    async fn apply(&self, policy: &Policy, key: &str, op: Op) -> Result<Decision, Error> {
         match self {
-            AnyStore::Memory(s) => s.acquire(policy, key, cost).await,
-            AnyStore::Redis(s) => s.acquire(policy, key, cost).await,
-        }
-    }
-
-    async fn peek(&self, policy: &Policy, key: &str) -> Result<Decision, Error> {
-        match self {
-            AnyStore::Memory(s) => s.peek(policy, key).await,
-            AnyStore::Redis(s) => s.peek(policy, key).await,
+            AnyStore::Memory(s) => s.apply(policy, key, op).await,
+            AnyStore::Redis(s) => s.apply(policy, key, op).await,
         }
     }
 
@@ -53,13 +46,6 @@ impl Store for AnyStore {
         match self {
             AnyStore::Memory(s) => s.reset(policy, key).await,
             AnyStore::Redis(s) => s.reset(policy, key).await,
-        }
-    }
-
-    async fn charge(&self, policy: &Policy, key: &str, cost: u32) -> Result<Decision, Error> {
-        match self {
-            AnyStore::Memory(s) => s.charge(policy, key, cost).await,
-            AnyStore::Redis(s) => s.charge(policy, key, cost).await,
         }
     }
 }

@@ -282,16 +282,10 @@ impl Store for Broken {
         static CLOCK: std::sync::OnceLock<ManualClock> = std::sync::OnceLock::new();
         CLOCK.get_or_init(ManualClock::new)
     }
-    async fn acquire(&self, _: &Policy, _: &str, _: u32) -> Result<Decision, Error> {
-        Err(Error::store("connection refused"))
-    }
-    async fn peek(&self, _: &Policy, _: &str) -> Result<Decision, Error> {
+    async fn apply(&self, _: &Policy, _: &str, _: floodgate::gcra::Op) -> Result<Decision, Error> {
         Err(Error::store("connection refused"))
     }
     async fn reset(&self, _: &Policy, _: &str) -> Result<(), Error> {
-        Err(Error::store("connection refused"))
-    }
-    async fn charge(&self, _: &Policy, _: &str, _: u32) -> Result<Decision, Error> {
         Err(Error::store("connection refused"))
     }
 }

@@ -109,7 +109,9 @@
 //! per-instance limits you size accordingly). Limits shared by many instances need a shared
 //! store; any type implementing [`Store`](crate::Store) plugs into
 //! [`RateLimiter::new`](crate::RateLimiter::new), and the `floodgate-testkit` conformance
-//! suite states exactly what a store must do.
+//! suite states exactly what a store must do. A store implements one decision method,
+//! [`apply`](crate::Store::apply) with a [`gcra::Op`](crate::gcra::Op), plus `reset` and
+//! `clock`; costs reach it already validated by the facade.
 //!
 //! ## The server's connection bounds
 //!

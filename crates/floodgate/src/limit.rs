@@ -227,6 +227,9 @@ struct PolicyInner {
     limits: Box<[Limit]>,
     /// Per-limit rates in nanoseconds, precomputed for the memory store.
     rates_ns: Box<[Rate]>,
+    /// Per-limit rates in microseconds, precomputed for stores that count them (Redis);
+    /// `None` when a limit cannot be represented in whole microseconds within 1%.
+    rates_us: Option<Box<[Rate]>>,
     /// A stable (unkeyed) hash of the name; stores mix it into their own keyed hash.
     name_hash: u64,
 }
@@ -260,12 +263,14 @@ impl Policy {
             limit.validate()?;
         }
         let rates_ns = limits.iter().map(|l| l.rate_in(1)).collect();
+        let rates_us = limits.iter().map(|l| l.rate_in_unit(1_000)).collect();
         let name_hash = stable_hash(name.as_bytes());
         Ok(Policy {
             inner: Arc::new(PolicyInner {
                 name: name.into_boxed_str(),
                 limits: limits.into_boxed_slice(),
                 rates_ns,
+                rates_us,
                 name_hash,
             }),
         })
@@ -296,12 +301,7 @@ impl Policy {
     }
     /// Checks a request's cost: not zero and no larger than any limit's burst.
     pub fn check_cost(&self, cost: u32) -> Result<(), Error> {
-        if cost == 0 {
-            return Err(Error::InvalidCost {
-                cost,
-                reason: "a request costs at least 1",
-            });
-        }
+        check_nonzero(cost)?;
         match self.inner.limits.iter().find(|l| l.burst < cost) {
             Some(limit) => Err(Error::CostExceedsBurst {
                 cost,
@@ -313,10 +313,27 @@ impl Policy {
     pub(crate) fn rates_ns(&self) -> &[Rate] {
         &self.inner.rates_ns
     }
+    /// Each limit's rate in microseconds ([`Limit::rate_in_unit`]`(1_000)`), computed once,
+    /// for stores that count microseconds; `None` when some limit cannot be represented that
+    /// way (see `rate_in_unit`).
+    pub fn rates_us(&self) -> Option<&[Rate]> {
+        self.inner.rates_us.as_deref()
+    }
     /// A stable, unkeyed 64-bit hash of the name, for stores to mix into their keyed hashes.
     pub fn name_hash(&self) -> u64 {
         self.inner.name_hash
     }
+}
+
+/// A cost of zero is no request: [`Error::InvalidCost`].
+pub(crate) fn check_nonzero(cost: u32) -> Result<(), Error> {
+    if cost == 0 {
+        return Err(Error::InvalidCost {
+            cost,
+            reason: "a request costs at least 1",
+        });
+    }
+    Ok(())
 }
 
 fn validate_name(name: &str) -> Result<(), String> {

@@ -1,4 +1,5 @@
-//! `RateLimiter`: the facade users call, delegating to a [`Store`].
+//! `RateLimiter`: the facade users call, delegating to a [`Store`]. It is the one place
+//! that validates costs: stores receive them checked.
 
 use std::time::Duration;
 
@@ -62,9 +63,6 @@ impl<S: Store> RateLimiter<S> {
     /// never pass and is [`Error::CostExceedsBurst`]; a cost of zero is
     /// [`Error::InvalidCost`].
     pub async fn check_n(&self, policy: &Policy, key: &str, cost: u32) -> Result<Decision, Error> {
-        if S::VALIDATES_COST {
-            return self.store.acquire(policy, key, cost).await;
-        }
         policy.check_cost(cost)?;
         self.store.acquire(policy, key, cost).await
     }
@@ -86,12 +84,7 @@ impl<S: Store> RateLimiter<S> {
     /// empty. The decision describes the state after the charge: allowed if it fit without
     /// debt, otherwise denied with the wait until a one-token request would pass.
     pub async fn charge(&self, policy: &Policy, key: &str, cost: u32) -> Result<Decision, Error> {
-        if cost == 0 {
-            return Err(Error::InvalidCost {
-                cost,
-                reason: "a request costs at least 1",
-            });
-        }
+        crate::limit::check_nonzero(cost)?;
         self.store.charge(policy, key, cost).await
     }
 

@@ -3,16 +3,25 @@
 
 use std::future::Future;
 
+use crate::gcra::Op;
 use crate::{Clock, Decision, Error, Policy};
 
 pub(crate) mod memory;
 
 /// Where bucket state lives, and the atomic check-and-consume on it.
 ///
-/// Each method acts on every limit of `policy` for `key` at once and atomically: no other
+/// A store implements three methods: [`apply`](Store::apply) (every decision),
+/// [`reset`](Store::reset) and [`clock`](Store::clock); `acquire`, `peek` and `charge` are
+/// `apply` with the matching [`Op`].
+///
+/// `apply` acts on every limit of `policy` for `key` at once and atomically: no other
 /// caller observes or changes the state between the check and the update, and a denial by
-/// one limit charges none. The facade validates costs before calling (`1 ≤ cost`, and for
-/// `acquire`, `cost ≤` every limit's burst); stores must still never panic on other input.
+/// one limit charges none.
+///
+/// **Costs arrive validated.** The [`RateLimiter`](crate::RateLimiter) facade is the one
+/// place that checks them: `1 ≤ cost` for [`Op::Acquire`] and [`Op::Charge`], and for
+/// `Acquire` also `cost ≤` every limit's burst. A store may `debug_assert!` this and need not
+/// check it again; it must still never panic on other input in release builds.
 ///
 /// Methods return `impl Future + Send` so generic callers can rely on `Send` futures;
 /// dispatch is static.
@@ -21,12 +30,20 @@ pub trait Store: Send + Sync + 'static {
     /// sleeps locally: the waits it reports are relative.
     type Clock: Clock;
 
-    /// Whether `acquire` itself rejects a zero cost and a cost above a burst (with the same
-    /// errors), so the facade need not check twice.
-    const VALIDATES_COST: bool = false;
-
     /// The clock this store's waits are measured against.
     fn clock(&self) -> &Self::Clock;
+
+    /// Applies `op` to every limit of `policy` for `key`, atomically, and reports the
+    /// decision (see [`Op`] for what each operation reports).
+    fn apply(
+        &self,
+        policy: &Policy,
+        key: &str,
+        op: Op,
+    ) -> impl Future<Output = Result<Decision, Error>> + Send;
+
+    /// Forgets the state of every limit of `policy` for `key` (its buckets become full).
+    fn reset(&self, policy: &Policy, key: &str) -> impl Future<Output = Result<(), Error>> + Send;
 
     /// Checks `cost` tokens against every limit and consumes them from all if all have
     /// room. A denied decision reports the unchanged state.
@@ -35,7 +52,9 @@ pub trait Store: Send + Sync + 'static {
         policy: &Policy,
         key: &str,
         cost: u32,
-    ) -> impl Future<Output = Result<Decision, Error>> + Send;
+    ) -> impl Future<Output = Result<Decision, Error>> + Send {
+        self.apply(policy, key, Op::Acquire(cost))
+    }
 
     /// Reports the current state without consuming; `is_allowed` tells whether a cost-1
     /// acquire would pass.
@@ -43,10 +62,9 @@ pub trait Store: Send + Sync + 'static {
         &self,
         policy: &Policy,
         key: &str,
-    ) -> impl Future<Output = Result<Decision, Error>> + Send;
-
-    /// Forgets the state of every limit of `policy` for `key` (its buckets become full).
-    fn reset(&self, policy: &Policy, key: &str) -> impl Future<Output = Result<(), Error>> + Send;
+    ) -> impl Future<Output = Result<Decision, Error>> + Send {
+        self.apply(policy, key, Op::Peek)
+    }
 
     /// Consumes `cost` tokens from every limit without checking, capping the debt at one
     /// burst below empty, and reports the state after.
@@ -55,5 +73,19 @@ pub trait Store: Send + Sync + 'static {
         policy: &Policy,
         key: &str,
         cost: u32,
-    ) -> impl Future<Output = Result<Decision, Error>> + Send;
+    ) -> impl Future<Output = Result<Decision, Error>> + Send {
+        self.apply(policy, key, Op::Charge(cost))
+    }
+}
+
+impl Op {
+    /// Whether the facade lets this operation through for `policy` (see [`Store`]): what a
+    /// store's `debug_assert!` checks.
+    pub fn is_validated_for(self, policy: &Policy) -> bool {
+        match self {
+            Op::Acquire(cost) => policy.check_cost(cost).is_ok(),
+            Op::Peek => true,
+            Op::Charge(cost) => cost >= 1,
+        }
+    }
 }

@@ -7,6 +7,7 @@ use std::cell::Cell;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use floodgate::gcra::Op;
 use floodgate::{Clock, Decision, Error, Limit, MemoryStore, MonotonicClock, Policy, Store};
 use floodgate_testkit::history::{self, Event};
 use floodgate_testkit::now_or_never;
@@ -129,9 +130,9 @@ impl Store for Leaky {
     fn clock(&self) -> &MonotonicClock {
         self.inner.clock()
     }
-    async fn acquire(&self, policy: &Policy, key: &str, cost: u32) -> Result<Decision, Error> {
-        let decision = self.inner.acquire(policy, key, cost).await?;
-        if decision.is_allowed() {
+    async fn apply(&self, policy: &Policy, key: &str, op: Op) -> Result<Decision, Error> {
+        let decision = self.inner.apply(policy, key, op).await?;
+        if decision.is_allowed() || !matches!(op, Op::Acquire(_)) {
             return Ok(decision);
         }
         let now = self.clock().now_nanos();
@@ -149,14 +150,8 @@ impl Store for Leaky {
         }
         Ok(decision)
     }
-    async fn peek(&self, policy: &Policy, key: &str) -> Result<Decision, Error> {
-        self.inner.peek(policy, key).await
-    }
     async fn reset(&self, policy: &Policy, key: &str) -> Result<(), Error> {
         self.inner.reset(policy, key).await
-    }
-    async fn charge(&self, policy: &Policy, key: &str, cost: u32) -> Result<Decision, Error> {
-        self.inner.charge(policy, key, cost).await
     }
 }
 

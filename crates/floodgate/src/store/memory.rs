@@ -561,34 +561,19 @@ impl Table {
 
 impl<C: Clock> Store for MemoryStore<C> {
     type Clock = C;
-    const VALIDATES_COST: bool = true;
 
     fn clock(&self) -> &C {
         &self.inner.clock
     }
 
-    async fn acquire(&self, policy: &Policy, key: &str, cost: u32) -> Result<Decision, Error> {
-        policy.check_cost(cost)?;
-        Ok(self.run(policy, key, Op::Acquire(cost)))
-    }
-
-    async fn peek(&self, policy: &Policy, key: &str) -> Result<Decision, Error> {
-        Ok(self.run(policy, key, Op::Peek))
+    async fn apply(&self, policy: &Policy, key: &str, op: Op) -> Result<Decision, Error> {
+        debug_assert!(op.is_validated_for(policy), "{op:?} reached the store");
+        Ok(self.run(policy, key, op))
     }
 
     async fn reset(&self, policy: &Policy, key: &str) -> Result<(), Error> {
         self.forget(policy, key);
         Ok(())
-    }
-
-    async fn charge(&self, policy: &Policy, key: &str, cost: u32) -> Result<Decision, Error> {
-        if cost == 0 {
-            return Err(Error::InvalidCost {
-                cost,
-                reason: "a request costs at least 1",
-            });
-        }
-        Ok(self.run(policy, key, Op::Charge(cost)))
     }
 }
 
