@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use floodgate::gcra::{Op, Rate, Verdict};
+use floodgate::gcra::{self, Op, Rate, Verdict};
 use floodgate::{Clock, Decision, Error, Limit, ManualClock, MonotonicClock, Policy, Store};
 
 use crate::cache::DenyCache;
@@ -507,29 +507,18 @@ pub(crate) fn parse_reply(reply: &[i64], rates: &[Rate]) -> Result<(Decision, Ve
     }
     let value = |i: usize| reply[i].unsigned_abs();
     let allowed = value(0) == 1;
+    // Each limit's TAT relative to the decision time: the state at `now = 0`.
     let ahead: Vec<u64> = reply[3..].iter().map(|v| v.unsigned_abs()).collect();
-    let left = |i: usize| rates[i].tolerance().saturating_sub(ahead[i]);
     let decided_by = if allowed {
-        // The limit with the fewest whole tokens left; ties to the lowest index.
-        (0..rates.len())
-            .min_by_key(|&i| (left(i) / rates[i].interval(), i))
-            .unwrap_or(0)
+        gcra::fewest_tokens(rates, &ahead, 0)
     } else {
+        // The script names the denying limit (the conformance suite pins it to the rule).
         usize::try_from(value(1))
             .ok()
             .filter(|&i| i < rates.len())
             .ok_or_else(bad)?
     };
-    let verdict = Verdict {
-        allowed,
-        decided_by,
-        burst: rates[decided_by].burst(),
-        left: left(decided_by),
-        interval: rates[decided_by].interval(),
-        retry_after: if allowed { 0 } else { value(2) },
-        reset_after: ahead.iter().copied().max().unwrap_or(0),
-        write: false,
-    };
+    let verdict = Verdict::of(rates, &ahead, 0, decided_by, allowed, value(2), false);
     Ok((Decision::from_verdict(&verdict, UNIT_NS), ahead))
 }
 

@@ -117,6 +117,32 @@ pub struct Verdict {
 }
 
 impl Verdict {
+    /// The verdict decided by limit `decided_by` of `rates`, whose TATs are `tats` at `now`
+    /// (the state to report: after the op when it was written). `reset_after` is the time
+    /// until every limit is full again. For a store that reads the state back from
+    /// elsewhere, TATs relative to the decision time with `now = 0` work as well.
+    pub fn of(
+        rates: &[Rate],
+        tats: &[u64],
+        now: u64,
+        decided_by: usize,
+        allowed: bool,
+        retry_after: u64,
+        write: bool,
+    ) -> Verdict {
+        let rate = rates[decided_by];
+        Verdict {
+            allowed,
+            decided_by,
+            burst: rate.burst,
+            left: rate.left(tats[decided_by], now),
+            interval: rate.interval,
+            retry_after: if allowed { 0 } else { retry_after },
+            reset_after: reset_after(tats, now),
+            write,
+        }
+    }
+
     /// Whole tokens left in the deciding limit.
     pub const fn remaining(&self) -> u64 {
         self.left / self.interval
@@ -148,16 +174,7 @@ fn acquire(rates: &[Rate], tats: &mut [u64], now: u64, cost: u64, consume: bool)
         }
     }
     if let Some((i, wait)) = denied {
-        return Verdict {
-            allowed: false,
-            decided_by: i,
-            burst: rates[i].burst,
-            left: rates[i].left(tats[i], now),
-            interval: rates[i].interval,
-            retry_after: wait,
-            reset_after: reset_after(tats, now),
-            write: false,
-        };
+        return Verdict::of(rates, tats, now, i, false, wait, false);
     }
     if consume {
         for (rate, tat) in rates.iter().zip(tats.iter_mut()) {
@@ -186,21 +203,28 @@ fn charge(rates: &[Rate], tats: &mut [u64], now: u64, cost: u64) -> Verdict {
         }
     }
     let (i, wait) = longest;
-    Verdict {
-        allowed: false,
-        decided_by: i,
-        burst: rates[i].burst,
-        left: rates[i].left(tats[i], now),
-        interval: rates[i].interval,
-        retry_after: wait,
-        reset_after: reset_after(tats, now),
-        write: true,
-    }
+    Verdict::of(rates, tats, now, i, false, wait, true)
 }
 
-/// An allowed verdict: the deciding limit is the one with the fewest tokens left.
+/// An allowed verdict, decided by [`fewest_tokens`].
 #[inline]
 fn allowed(rates: &[Rate], tats: &[u64], now: u64, write: bool) -> Verdict {
+    Verdict::of(
+        rates,
+        tats,
+        now,
+        fewest_tokens(rates, tats, now),
+        true,
+        0,
+        write,
+    )
+}
+
+/// The limit that decides an allowed request: the one with the fewest whole tokens left,
+/// ties to the lowest index. (A denial is decided by the longest wait, ties to the lowest
+/// index too.)
+#[inline]
+pub fn fewest_tokens(rates: &[Rate], tats: &[u64], now: u64) -> usize {
     let mut i = 0;
     if rates.len() > 1 {
         let mut fewest = u64::MAX;
@@ -211,16 +235,7 @@ fn allowed(rates: &[Rate], tats: &[u64], now: u64, write: bool) -> Verdict {
             }
         }
     }
-    Verdict {
-        allowed: true,
-        decided_by: i,
-        burst: rates[i].burst,
-        left: rates[i].left(tats[i], now),
-        interval: rates[i].interval,
-        retry_after: 0,
-        reset_after: reset_after(tats, now),
-        write,
-    }
+    i
 }
 
 #[inline]
