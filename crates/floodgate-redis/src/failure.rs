@@ -8,40 +8,9 @@ use std::time::Duration;
 
 use floodgate::gcra::Op;
 use floodgate::{
-    Clock, Decision, DecisionSource, Error, Limit, MemoryStore, MonotonicClock, Policy, Store,
+    Clock, Decision, DecisionSource, Error, FailurePolicy, Limit, MemoryStore, MonotonicClock,
+    Policy, Store,
 };
-
-/// What a decision does when Redis cannot answer (unreachable, timed out, or an error
-/// reply).
-#[derive(Clone, Copy, Debug, PartialEq)]
-#[non_exhaustive]
-pub enum FailurePolicy {
-    /// Return [`Error::Store`] and let the caller decide (the default).
-    Error,
-    /// Allow the request ("fail open"): availability over protection.
-    Allow,
-    /// Deny the request ("fail closed"): protection over availability; the denial's
-    /// `retry_after` is the time until Redis is tried again.
-    Deny,
-    /// Decide with an in-memory limiter on this node given `share` (0 < share ≤ 1) of every
-    /// limit: with N application nodes, `1/N` keeps the whole fleet near the real limit.
-    /// Counts and bursts are scaled down (never below 1).
-    Local {
-        /// The fraction of each limit this node may use while Redis is down.
-        share: f64,
-    },
-}
-
-impl FailurePolicy {
-    pub(crate) fn validate(&self) -> Result<(), String> {
-        match *self {
-            FailurePolicy::Local { share } if !(share > 0.0 && share <= 1.0) => {
-                Err(format!("local share must be in (0, 1], got {share}"))
-            }
-            _ => Ok(()),
-        }
-    }
-}
 
 /// Opens after `threshold` consecutive failures; while open, calls skip Redis and go to the
 /// failure policy; after `cooldown` one call probes Redis, and its success closes it.
@@ -192,6 +161,8 @@ impl Fallback {
                 let decision = self.local.apply(&local, key, op).await?;
                 Ok(decision.with_source(DecisionSource::LocalFallback))
             }
+            // A policy a later core adds that this store does not know yet: surface the error.
+            _ => Err(error),
         }
     }
 

@@ -52,12 +52,13 @@ mod failure;
 mod keys;
 mod store;
 
-pub use failure::FailurePolicy;
+/// The failure policy lives in the core, shared by every store and front end.
+pub use floodgate::FailurePolicy;
 
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
-pub use store::{MAX_CONNECTIONS, RedisStore, RedisStoreBuilder, redact_url};
+pub use store::{MAX_CONNECTIONS, RedisStore, RedisStoreBuilder, check_connections, redact_url};
 
 /// The README's examples (core and Redis), compiled and run as doctests.
 #[cfg(doctest)]

@@ -6,11 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use floodgate::gcra::{self, Op, Rate, Verdict};
-use floodgate::{Clock, Decision, Error, Limit, ManualClock, MonotonicClock, Policy, Store};
+use floodgate::{
+    Clock, Decision, Error, FailurePolicy, Limit, ManualClock, MonotonicClock, Policy, Store,
+};
 
 use crate::cache::DenyCache;
 use crate::connection::Connection;
-use crate::failure::{Breaker, FailurePolicy, Fallback, Gate};
+use crate::failure::{Breaker, Fallback, Gate};
 use crate::keys;
 
 /// Microseconds: Redis decisions' time unit (Lua numbers are exact to 2^53).
@@ -202,27 +204,16 @@ impl<C: Clock> RedisStoreBuilder<C> {
         }
         self.on_failure
             .validate()
-            .map_err(|reason| config("on_failure", reason))?;
+            .map_err(|reason| config("on_failure", format!("local share {reason}")))?;
         for (name, policy) in &self.overrides {
-            policy
-                .validate()
-                .map_err(|reason| config("on_failure_for", format!("policy {name:?}: {reason}")))?;
+            policy.validate().map_err(|reason| {
+                config(
+                    "on_failure_for",
+                    format!("policy {name:?}: local share {reason}"),
+                )
+            })?;
         }
-        if !(1..=MAX_CONNECTIONS).contains(&self.connections) {
-            return Err(config(
-                "connections",
-                format!(
-                    "must be from 1 to {MAX_CONNECTIONS}, got {}",
-                    self.connections
-                ),
-            ));
-        }
-        if self.connections > 1 && cluster_nodes(&self.url).is_some() {
-            return Err(config(
-                "connections",
-                "a Cluster keeps one connection per node; leave it at 1".into(),
-            ));
-        }
+        check_connections(&self.url, self.connections).map_err(|r| config("connections", r))?;
         if self.timeout.is_zero() {
             return Err(config("timeout", "must be longer than zero".into()));
         }
@@ -583,6 +574,22 @@ impl<C: Clock> fmt::Debug for RedisStoreBuilder<C> {
 
 /// The most connections [`RedisStoreBuilder::connections`] opens to one standalone server.
 pub const MAX_CONNECTIONS: usize = 64;
+
+/// Why `connections` connections cannot be opened to the Redis at `url`, if they cannot:
+/// the count is 1 to [`MAX_CONNECTIONS`], and a Cluster keeps one connection per node.
+/// [`RedisStoreBuilder::check`] applies it; front ends call it to point at their own
+/// setting.
+pub fn check_connections(url: &str, connections: usize) -> Result<(), String> {
+    if !(1..=MAX_CONNECTIONS).contains(&connections) {
+        return Err(format!(
+            "must be from 1 to {MAX_CONNECTIONS}, got {connections}"
+        ));
+    }
+    if connections > 1 && cluster_nodes(url).is_some() {
+        return Err("a Cluster keeps one connection per node; leave it at 1".into());
+    }
+    Ok(())
+}
 
 fn config(knob: &'static str, reason: String) -> Error {
     Error::InvalidConfig { knob, reason }

@@ -11,7 +11,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use floodgate::{Clock, Decision, DecisionSource, Error, Store};
-use floodgate_tower::headers::ceil_secs;
+use floodgate_tower::headers::{self, ceil_secs};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 
 use crate::request;
@@ -38,11 +38,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
 /// An `application/problem+json` response.
 pub(crate) fn problem(status: StatusCode, detail: &str) -> Response {
     let title = status.canonical_reason().unwrap_or("Error");
-    let body = format!(
-        "{{\"type\":\"about:blank\",\"title\":\"{title}\",\"status\":{},\"detail\":{}}}",
-        status.as_u16(),
-        serde_json::Value::from(detail)
-    );
+    let body = headers::problem_json("about:blank", title, status.as_u16(), detail, "");
     let mut response = Response::new(Body::from(body));
     *response.status_mut() = status;
     response.headers_mut().insert(
@@ -240,12 +236,9 @@ fn insert_fields(headers: &mut HeaderMap, served: &ServedPolicy, decision: &Deci
     let Some(prefix) = served.state_prefixes.get(decision.decided_by()) else {
         return;
     };
-    let mut numbers = itoa::Buffer::new();
     let mut field = String::with_capacity(prefix.len() + 24);
     field.push_str(prefix);
-    field.push_str(numbers.format(decision.remaining()));
-    field.push_str(";t=");
-    field.push_str(numbers.format(ceil_secs(decision.next_token_after())));
+    headers::push_state(&mut field, decision);
     if let Ok(value) = HeaderValue::try_from(field) {
         headers.insert(HeaderName::from_static("ratelimit"), value);
     }

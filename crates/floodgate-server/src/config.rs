@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use floodgate::Policy;
+use floodgate::{FailurePolicy, Policy};
 use serde::Deserialize;
 
 use crate::envoy::{self, Domains, LoadOptions};
@@ -84,25 +84,38 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// What a decision does when the store cannot answer.
+/// `on_error` as written in TOML; converted to a [`FailurePolicy`] in one place
+/// ([`failure_policy`]), with `store.local_share` for `"local"`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum OnError {
-    /// Allow the request (fail open).
+enum RawOnError {
     Allow,
-    /// Deny it (fail closed): the HTTP API answers `503`.
     Deny,
-    /// Decide with a local in-memory limiter given `store.local_share` of each limit.
     Local,
 }
 
-impl fmt::Display for OnError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            OnError::Allow => "allow",
-            OnError::Deny => "deny",
-            OnError::Local => "local",
-        })
+/// The failure policy `on_error` names; `"local"` takes `store.local_share`, which it
+/// requires.
+fn failure_policy(on_error: RawOnError, share: Option<f64>) -> Result<FailurePolicy, String> {
+    Ok(match on_error {
+        RawOnError::Allow => FailurePolicy::Allow,
+        RawOnError::Deny => FailurePolicy::Deny,
+        RawOnError::Local => FailurePolicy::Local {
+            share: share.ok_or(
+                "required when on_error is \"local\" (the fraction of each limit one node may \
+                 use, e.g. 0.25 for 4 nodes)",
+            )?,
+        },
+    })
+}
+
+/// The `on_error` value naming a failure policy, as the config file spells it.
+fn on_error_name(policy: FailurePolicy) -> &'static str {
+    match policy {
+        FailurePolicy::Allow => "allow",
+        FailurePolicy::Deny => "deny",
+        FailurePolicy::Local { .. } => "local",
+        _ => "error",
     }
 }
 
@@ -162,9 +175,10 @@ pub struct StoreConfig {
     pub url: StoreUrl,
     /// The memory store's cap on live limit states.
     pub max_keys: usize,
-    /// The default failure policy.
-    pub on_error: OnError,
-    /// The fraction of each limit a node may use under `on_error = "local"`.
+    /// The default failure policy (`on_error`, with `local_share` for `"local"`).
+    pub on_error: FailurePolicy,
+    /// `local_share` as given: the fraction of each limit a node may use under
+    /// `on_error = "local"` (already inside every `Local` failure policy).
     pub local_share: Option<f64>,
     /// Per-call timeout of the Redis store.
     pub timeout: Duration,
@@ -181,7 +195,7 @@ pub struct PolicyConfig {
     /// The policy (its name is the table key).
     pub policy: Policy,
     /// This policy's failure policy (the store's when `None`).
-    pub on_error: Option<OnError>,
+    pub on_error: Option<FailurePolicy>,
     /// Shadow mode: answer `allowed`, report what would have happened.
     pub shadow: bool,
 }
@@ -251,7 +265,7 @@ struct RawServer {
 struct RawStore {
     url: Option<String>,
     max_keys: Option<i64>,
-    on_error: Option<OnError>,
+    on_error: Option<RawOnError>,
     local_share: Option<f64>,
     timeout: Option<String>,
     tls_ca_file: Option<String>,
@@ -262,7 +276,7 @@ struct RawStore {
 #[serde(deny_unknown_fields)]
 struct RawPolicy {
     limits: String,
-    on_error: Option<OnError>,
+    on_error: Option<RawOnError>,
     #[serde(default)]
     shadow: bool,
 }
@@ -275,10 +289,16 @@ struct RawEnvoy {
     max_file_bytes: Option<i64>,
 }
 
-/// The default memory-store cap.
-pub const DEFAULT_MAX_KEYS: usize = 1_000_000;
-/// The default per-call store timeout.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
+/// The server's default `store.max_keys`. Not the library's
+/// [`floodgate::DEFAULT_MAX_KEYS`] (2²², a power of two that sizes its tables exactly): an
+/// operator reads and writes the server's cap in its config, where a round million is the
+/// number that means something, and the documented default has always been that.
+pub const SERVER_DEFAULT_MAX_KEYS: usize = 1_000_000;
+/// The server's default `store.timeout`. Shorter than the Redis store's own 100 ms: the
+/// server answers other services (Envoy, HTTP callers) inside their request deadlines, so a
+/// slow Redis call should give way to the failure policy sooner than in a library caller
+/// that owns its whole deadline.
+pub const SERVER_DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(50);
 
 impl Config {
     /// The built-in demo configuration.
@@ -419,7 +439,7 @@ impl Config {
         let url = parse_store_url(raw.store.url.as_deref().unwrap_or("memory://"))
             .map_err(|reason| err("store.url", reason))?;
         let max_keys = match raw.store.max_keys {
-            None => DEFAULT_MAX_KEYS,
+            None => SERVER_DEFAULT_MAX_KEYS,
             Some(_) if url != StoreUrl::Memory => {
                 return Err(err(
                     "store.max_keys",
@@ -436,18 +456,19 @@ impl Config {
                 .map_err(|_| err("store.max_keys", format!("{n} is too large")))?,
         };
         let timeout = match raw.store.timeout {
-            None => DEFAULT_TIMEOUT,
+            None => SERVER_DEFAULT_STORE_TIMEOUT,
             Some(text) => parse_duration(&text, Duration::from_secs(60))
                 .map_err(|reason| err("store.timeout", reason))?,
         };
-        if let Some(share) = raw.store.local_share
-            && !(share > 0.0 && share <= 1.0)
-        {
-            return Err(err(
-                "store.local_share",
-                format!("must be above 0 and at most 1, got {share}"),
-            ));
+        let share = raw.store.local_share;
+        if let Some(share) = share {
+            FailurePolicy::Local { share }
+                .validate()
+                .map_err(|reason| err("store.local_share", reason))?;
         }
+        let on_error = |raw: RawOnError| {
+            failure_policy(raw, share).map_err(|reason| err("store.local_share", reason))
+        };
         let tls_ca = match raw.store.tls_ca_file {
             None => None,
             Some(_) if !url.is_tls() => {
@@ -492,29 +513,22 @@ impl Config {
                     "applies to the Redis store only".into(),
                 ));
             }
-            Some(n) if !(1..=floodgate_redis::MAX_CONNECTIONS as i64).contains(&n) => {
-                return Err(err(
-                    "store.connections",
-                    format!(
-                        "must be from 1 to {}, got {n}",
-                        floodgate_redis::MAX_CONNECTIONS
-                    ),
-                ));
+            Some(n) => {
+                let n = usize::try_from(n)
+                    .map_err(|_| err("store.connections", format!("must be positive, got {n}")))?;
+                if let StoreUrl::Redis(url) = &url {
+                    floodgate_redis::check_connections(url.expose(), n)
+                        .map_err(|reason| err("store.connections", reason))?;
+                }
+                n
             }
-            Some(n) if n > 1 && url.is_cluster() => {
-                return Err(err(
-                    "store.connections",
-                    "a Cluster keeps one connection per node; leave it at 1".into(),
-                ));
-            }
-            Some(n) => n.unsigned_abs() as usize,
         };
         let store = StoreConfig {
             url,
             max_keys,
             connections,
-            on_error: raw.store.on_error.unwrap_or(OnError::Allow),
-            local_share: raw.store.local_share,
+            on_error: on_error(raw.store.on_error.unwrap_or(RawOnError::Allow))?,
+            local_share: share,
             timeout,
             tls_ca,
         };
@@ -534,7 +548,11 @@ impl Config {
                     let raw: RawPolicy = toml::Value::Table(table)
                         .try_into()
                         .map_err(|e: toml::de::Error| err(&key, e.message().to_owned()))?;
-                    (raw.limits, raw.on_error, raw.shadow)
+                    (
+                        raw.limits,
+                        raw.on_error.map(on_error).transpose()?,
+                        raw.shadow,
+                    )
                 }
                 other => {
                     return Err(err(
@@ -561,19 +579,6 @@ impl Config {
                 },
             );
         }
-        let wants_local = store.on_error == OnError::Local
-            || policies
-                .values()
-                .any(|p| p.on_error == Some(OnError::Local));
-        if wants_local && store.local_share.is_none() {
-            return Err(err(
-                "store.local_share",
-                "required when on_error is \"local\" (the fraction of each limit one node may \
-                 use, e.g. 0.25 for 4 nodes)"
-                    .into(),
-            ));
-        }
-
         let (envoy, envoy_dir, envoy_options) = match raw.envoy {
             None => (Domains::default(), None, LoadOptions::default()),
             Some(raw) => {
@@ -639,7 +644,7 @@ impl Config {
         if let Some(url) = &overrides.store_url {
             let url = parse_store_url(url).map_err(|r| ConfigError::new(origin, "store.url", r))?;
             if url != StoreUrl::Memory {
-                self.store.max_keys = DEFAULT_MAX_KEYS;
+                self.store.max_keys = SERVER_DEFAULT_MAX_KEYS;
             }
             self.store.url = url;
         }
@@ -657,7 +662,7 @@ impl Config {
     }
 
     /// The failure policy of `policy` (its own, else the store's).
-    pub fn on_error_for(&self, policy: &str) -> OnError {
+    pub fn on_error_for(&self, policy: &str) -> FailurePolicy {
         self.policies
             .get(policy)
             .and_then(|p| p.on_error)
@@ -716,7 +721,7 @@ impl Config {
                     out,
                     " (timeout {}, on_error {}",
                     humantime::format_duration(self.store.timeout),
-                    self.store.on_error
+                    on_error_name(self.store.on_error)
                 );
                 if let Some(share) = self.store.local_share {
                     let _ = write!(out, ", local_share {share}");
@@ -733,7 +738,7 @@ impl Config {
         for (name, p) in &self.policies {
             let _ = write!(out, "policy {name}: {}", p.policy);
             if let Some(on_error) = p.on_error {
-                let _ = write!(out, " (on_error {on_error})");
+                let _ = write!(out, " (on_error {})", on_error_name(on_error));
             }
             if p.shadow {
                 let _ = write!(out, " (shadow)");

@@ -749,33 +749,19 @@ fn push_path(path: &mut String, key: &str, value: Option<&str>) {
 /// and stable across reloads). `distinct`: the unambiguous path of a composite key that
 /// another path shares; its hash is appended, so the two stay apart.
 fn policy_name(domain: &str, composite: &str, distinct: Option<&str>) -> String {
-    let fnv = |text: &str| {
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in domain.bytes().chain([0]).chain(text.bytes()) {
-            hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-        hash
-    };
+    let fnv =
+        |text: &str| floodgate::store::stable_hash(domain.bytes().chain([0]).chain(text.bytes()));
     let name = format!("{RESERVED_PREFIX}{composite}");
     // Room for the distinguishing suffix (`/` and 16 hex digits) when there is one.
     let room = floodgate::MAX_NAME_LEN - if distinct.is_some() { 17 } else { 0 };
-    let valid = name.len() <= room
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.:/".contains(&b));
+    let valid = name.len() <= room && name.chars().all(floodgate::is_name_char);
     let base = if valid {
         name
     } else {
         let readable: String = name
             .chars()
             .take(if distinct.is_some() { 90 } else { 100 })
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || "-_.:/".contains(c) {
-                    c
-                } else {
-                    '_'
-                }
-            })
+            .map(|c| if floodgate::is_name_char(c) { c } else { '_' })
             .collect();
         format!("{readable}/{:016x}", fnv(composite))
     };
@@ -810,5 +796,32 @@ mod tests {
         assert!(odd.starts_with("envoy:d.path_/a_b/"), "{odd}");
         assert_ne!(odd, policy_name("d", "d.path_/a_b", None));
         assert!(Policy::parse(odd, "1/s").is_ok());
+    }
+
+    #[test]
+    fn generated_names_are_pinned() {
+        // These names key buckets in Redis: they must never change between versions.
+        for (domain, composite, distinct, name) in [
+            (
+                "d",
+                "d.path_/a b",
+                None,
+                "envoy:d.path_/a_b/8908e4d7149a4deb",
+            ),
+            (
+                "rl",
+                "rl.remote_address_10.0.0.1 x",
+                None,
+                "envoy:rl.remote_address_10.0.0.1_x/b92a3e6c74820f13",
+            ),
+            (
+                "d",
+                "d.a_b_c",
+                Some("\u{1}a\u{1}b_c"),
+                "envoy:d.a_b_c/6192ea700b867726",
+            ),
+        ] {
+            assert_eq!(policy_name(domain, composite, distinct), name);
+        }
     }
 }

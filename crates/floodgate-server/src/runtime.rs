@@ -8,12 +8,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
+use floodgate::FailurePolicy;
 use floodgate::gcra::Op;
 use floodgate::{Decision, Error, MemoryStore, MonotonicClock, Policy, RateLimiter, Store};
-use floodgate_redis::{FailurePolicy, RedisStore};
+use floodgate_redis::RedisStore;
 use http::HeaderValue;
 
-use crate::config::{Config, ConfigError, OnError, Overrides, StoreConfig, StoreUrl};
+use crate::config::{Config, ConfigError, Overrides, StoreUrl};
 use crate::listener::HttpLimits;
 use crate::metrics::{Metrics, PolicyCounters};
 
@@ -234,9 +235,7 @@ impl Runtime {
                     ))
                     .ok(),
                     state_prefixes: (0..p.policy.limits().len())
-                        .map(|i| {
-                            format!("\"{}\";r=", floodgate_tower::headers::member(&p.policy, i))
-                        })
+                        .map(|i| floodgate_tower::headers::state_prefix(&p.policy, i))
                         .collect(),
                     json_tail: format!(",\"policy\":{}", serde_json::Value::from(name.as_str())),
                 },
@@ -265,24 +264,13 @@ impl Runtime {
 }
 
 fn same_store(a: &Config, b: &Config) -> bool {
-    let overrides = |c: &Config| -> Vec<(String, Option<OnError>)> {
+    let overrides = |c: &Config| -> Vec<(String, Option<FailurePolicy>)> {
         c.policies
             .iter()
             .map(|(name, p)| (name.clone(), p.on_error))
             .collect()
     };
     a.store == b.store && (a.store.url == StoreUrl::Memory || overrides(a) == overrides(b))
-}
-
-fn failure_policy(on_error: OnError, store: &StoreConfig) -> FailurePolicy {
-    match on_error {
-        OnError::Allow => FailurePolicy::Allow,
-        OnError::Deny => FailurePolicy::Deny,
-        OnError::Local => FailurePolicy::Local {
-            // Validated: set whenever some on_error is "local".
-            share: store.local_share.unwrap_or(1.0),
-        },
-    }
 }
 
 fn origin(config: &Config) -> PathBuf {
@@ -297,10 +285,10 @@ fn redis_builder(config: &Config, url: &str) -> floodgate_redis::RedisStoreBuild
     let mut builder = RedisStore::builder(url)
         .connections(config.store.connections)
         .timeout(config.store.timeout)
-        .on_failure(failure_policy(config.store.on_error, &config.store));
+        .on_failure(config.store.on_error);
     for (name, p) in &config.policies {
         if let Some(on_error) = p.on_error {
-            builder = builder.on_failure_for(name.clone(), failure_policy(on_error, &config.store));
+            builder = builder.on_failure_for(name.clone(), on_error);
         }
     }
     if let Some((_, pem)) = &config.store.tls_ca {

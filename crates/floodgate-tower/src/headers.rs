@@ -61,12 +61,72 @@ pub fn policy_field(policy: &Policy) -> String {
 
 /// `RateLimit`: the deciding limit's remaining tokens and the seconds until one more.
 pub fn state_field(policy: &Policy, decision: &Decision) -> String {
-    format!(
-        "\"{}\";r={};t={}",
-        member(policy, decision.decided_by()),
+    let mut field = state_prefix(policy, decision.decided_by());
+    push_state(&mut field, decision);
+    field
+}
+
+/// The start of limit `i`'s `RateLimit` field, up to its remaining count (`"name.i";r=`):
+/// the part a server can compute once per policy.
+pub fn state_prefix(policy: &Policy, i: usize) -> String {
+    format!("\"{}\";r=", member(policy, i))
+}
+
+/// Completes a `RateLimit` field started by [`state_prefix`] for the deciding limit: the
+/// remaining tokens and `;t=` the seconds until one more.
+pub fn push_state(field: &mut String, decision: &Decision) {
+    let _ = write!(
+        field,
+        "{};t={}",
         decision.remaining(),
         ceil_secs(decision.next_token_after())
-    )
+    );
+}
+
+/// An `application/problem+json` body (RFC 9457): `type`, `title`, `status` and `detail`
+/// (escaped as JSON strings), then `extensions` as given — JSON members without the
+/// leading comma (`"violated-policies":["free"]`), or empty.
+pub fn problem_json(
+    problem_type: &str,
+    title: &str,
+    status: u16,
+    detail: &str,
+    extensions: &str,
+) -> String {
+    let mut out = String::with_capacity(64 + problem_type.len() + title.len() + detail.len());
+    out.push_str("{\"type\":");
+    push_json_string(&mut out, problem_type);
+    out.push_str(",\"title\":");
+    push_json_string(&mut out, title);
+    let _ = write!(out, ",\"status\":{status},\"detail\":");
+    push_json_string(&mut out, detail);
+    if !extensions.is_empty() {
+        out.push(',');
+        out.push_str(extensions);
+    }
+    out.push('}');
+    out
+}
+
+/// Appends `text` as a JSON string (quotes, backslashes and control characters escaped).
+pub fn push_json_string(out: &mut String, text: &str) {
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            c if u32::from(c) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 pub(crate) fn insert(
@@ -98,15 +158,18 @@ pub(crate) fn insert(
 /// The `application/problem+json` body of a 429.
 pub fn problem(policy: &Policy, decision: &Decision) -> String {
     let member = member(policy, decision.decided_by());
-    format!(
-        concat!(
-            "{{\"type\":\"https://iana.org/assignments/http-problem-types#quota-exceeded\",",
-            "\"title\":\"Too Many Requests\",\"status\":429,",
-            "\"detail\":\"Rate limit \\\"{member}\\\" exceeded; retry in {secs} s.\",",
-            "\"violated-policies\":[\"{member}\"]}}"
+    let mut violated = String::from("\"violated-policies\":[");
+    push_json_string(&mut violated, &member);
+    violated.push(']');
+    problem_json(
+        "https://iana.org/assignments/http-problem-types#quota-exceeded",
+        "Too Many Requests",
+        429,
+        &format!(
+            "Rate limit \"{member}\" exceeded; retry in {} s.",
+            ceil_secs(decision.retry_after())
         ),
-        member = member,
-        secs = ceil_secs(decision.retry_after())
+        &violated,
     )
 }
 
@@ -126,5 +189,25 @@ mod tests {
         assert_eq!(ceil_secs(Duration::from_millis(200)), 1);
         assert_eq!(ceil_secs(Duration::from_secs(3)), 3);
         assert_eq!(ceil_secs(Duration::ZERO), 0);
+    }
+
+    #[test]
+    fn the_429_body_and_json_escaping_are_exact() {
+        let free = Policy::parse("free", "1/s").unwrap();
+        let limiter = floodgate::RateLimiter::in_memory_with_clock(floodgate::ManualClock::new());
+        let decision = floodgate_testkit::now_or_never(limiter.check(&free, "k")).unwrap();
+        let denied = floodgate_testkit::now_or_never(limiter.check(&free, "k")).unwrap();
+        assert!(decision.is_allowed() && !denied.is_allowed());
+        assert_eq!(
+            problem(&free, &denied),
+            "{\"type\":\"https://iana.org/assignments/http-problem-types#quota-exceeded\",\
+             \"title\":\"Too Many Requests\",\"status\":429,\
+             \"detail\":\"Rate limit \\\"free\\\" exceeded; retry in 1 s.\",\
+             \"violated-policies\":[\"free\"]}"
+        );
+        assert_eq!(state_field(&free, &denied), "\"free\";r=0;t=1");
+        let mut out = String::new();
+        push_json_string(&mut out, "a\"b\\c\nd\u{1b}e\u{7f}é");
+        assert_eq!(out, "\"a\\\"b\\\\c\\nd\\u001be\u{7f}é\"");
     }
 }

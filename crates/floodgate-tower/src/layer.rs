@@ -366,7 +366,7 @@ impl<S: Store> Shared<S> {
         // Metrics are labelled by policy and outcome, never by key: keys are user data and
         // unbounded.
         let count = |outcome: &'static str| {
-            metrics::counter!("floodgate_requests_total", "policy" => policy.name().to_owned(), "outcome" => outcome)
+            metrics::counter!("floodgate_decisions_total", "policy" => policy.name().to_owned(), "outcome" => outcome)
                 .increment(1);
         };
         match self.limiter.check_n(&policy, &key, cost).await {

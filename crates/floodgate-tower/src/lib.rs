@@ -35,9 +35,10 @@
 //! # Ok(()) }
 //! ```
 
-//! Every checked request increments the `metrics` counter `floodgate_requests_total`,
-//! labelled `policy` and `outcome` (`allowed`, `denied`, `shadow_denied`,
-//! `store_error_allowed`, `store_error_denied`); keys never appear in metrics. Install any
+//! Every checked request increments the `metrics` counter `floodgate_decisions_total` (the
+//! name floodgate's server uses for the same count), labelled `policy` and `outcome`
+//! (`allowed`, `denied`, `shadow_denied`, and the layer's own `store_error_allowed`,
+//! `store_error_denied`); keys never appear in metrics. Install any
 //! `metrics` recorder (a Prometheus exporter, say) to collect them.
 
 mod body;

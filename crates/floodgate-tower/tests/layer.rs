@@ -475,6 +475,7 @@ fn outcomes_are_counted_by_policy_never_by_key() {
     let mut counts = std::collections::BTreeMap::new();
     for (key, _, _, value) in snapshotter.snapshot().into_vec() {
         let (_, key) = key.into_parts();
+        assert_eq!(key.name(), "floodgate_decisions_total", "the server's name");
         let labels: Vec<String> = key
             .labels()
             .map(|l| format!("{}={}", l.key(), l.value()))

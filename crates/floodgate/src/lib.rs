@@ -45,12 +45,13 @@
 mod clock;
 mod decision;
 mod error;
+mod failure;
 pub mod gcra;
 pub mod guide;
 mod limit;
 mod limiter;
 mod notation;
-mod store;
+pub mod store;
 mod sync;
 
 #[cfg(feature = "tokio")]
@@ -58,7 +59,8 @@ pub use clock::TokioClock;
 pub use clock::{Clock, ManualClock, MonotonicClock};
 pub use decision::{Decision, DecisionSource};
 pub use error::{BoxError, Error};
-pub use limit::{Limit, MAX_LIMITS, MAX_NAME_LEN, Policy};
+pub use failure::FailurePolicy;
+pub use limit::{Limit, MAX_LIMITS, MAX_NAME_LEN, Policy, is_name_char};
 pub use limiter::RateLimiter;
 pub use store::Store;
 pub use store::memory::{DEFAULT_MAX_KEYS, MemoryStore, MemoryStoreBuilder};

@@ -264,7 +264,7 @@ impl Policy {
         }
         let rates_ns = limits.iter().map(|l| l.rate_in(1)).collect();
         let rates_us = limits.iter().map(|l| l.rate_in_unit(1_000)).collect();
-        let name_hash = stable_hash(name.as_bytes());
+        let name_hash = crate::store::stable_hash(name.bytes());
         Ok(Policy {
             inner: Arc::new(PolicyInner {
                 name: name.into_boxed_str(),
@@ -343,10 +343,7 @@ fn validate_name(name: &str) -> Result<(), String> {
             name.len()
         ));
     }
-    if let Some(bad) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || "-_.:/".contains(*c)))
-    {
+    if let Some(bad) = name.chars().find(|&c| !is_name_char(c)) {
         return Err(format!(
             "character {bad:?} is not allowed in a policy name (use ASCII letters, digits and -_.:/)"
         ));
@@ -354,12 +351,9 @@ fn validate_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// FNV-1a: stable across processes and versions (unlike `std`'s hashers), which is what a
-/// name hash shared by stores must be. Not a defence against anything; stores key it.
-fn stable_hash(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
+/// Whether `c` may appear in a policy name: ASCII letters, digits and `-_.:/`.
+pub fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "-_.:/".contains(c)
 }
 
 impl PartialEq for Policy {

@@ -78,6 +78,15 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
+/// FNV-1a over `bytes`: stable across processes, platforms and versions (unlike `std`'s
+/// hashers), for names that key stored state ([`Policy::name_hash`], generated policy
+/// names). Not a defence against anything; stores key it with their own secret hash.
+pub fn stable_hash(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes.into_iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 impl Op {
     /// Whether the facade lets this operation through for `policy` (see [`Store`]): what a
     /// store's `debug_assert!` checks.
