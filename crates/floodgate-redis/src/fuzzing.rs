@@ -17,7 +17,7 @@ pub fn parse_reply(reply: &[i64], limits: &[(u64, u64)]) {
     if rates.is_empty() {
         return;
     }
-    if let Ok((decision, ahead)) = crate::store::parse_reply(reply, &rates) {
+    if let Ok((decision, ahead)) = crate::reply::parse_reply(reply, &rates) {
         assert!(decision.decided_by() < rates.len());
         assert_eq!(ahead.len(), rates.len());
         let _ = (

@@ -46,11 +46,14 @@
 //! the stored TATs and reads them with the new rates (a throttled key stays throttled for at
 //! most its old debt). Rename the policy to start from full buckets.
 
+mod builder;
 mod cache;
 mod connection;
 mod failure;
 mod keys;
+mod reply;
 mod store;
+mod url;
 
 /// The failure policy lives in the core, shared by every store and front end.
 pub use floodgate::FailurePolicy;
@@ -58,7 +61,9 @@ pub use floodgate::FailurePolicy;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
-pub use store::{MAX_CONNECTIONS, RedisStore, RedisStoreBuilder, check_connections, redact_url};
+pub use builder::{MAX_CONNECTIONS, RedisStoreBuilder, check_connections};
+pub use store::RedisStore;
+pub use url::redact_url;
 
 /// The README's examples (core and Redis), compiled and run as doctests.
 #[cfg(doctest)]
