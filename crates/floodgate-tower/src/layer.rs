@@ -1,20 +1,18 @@
-//! `RateLimitLayer`, `RateLimit<S>` and `ResponseFuture`: tower's three types.
+//! `RateLimitLayer`: what a layer is configured with, shared by the services it makes.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use bytes::Bytes;
-use floodgate::{Decision, Error, MemoryStore, Policy, RateLimiter, Store};
-use http::{HeaderValue, Request, Response, StatusCode};
-use tower::{Layer, Service};
+use floodgate::{MemoryStore, Policy, RateLimiter, Store};
+use http::StatusCode;
+use tower::Layer;
 
-use crate::body::LimitBody;
-use crate::headers::{self, HeaderMode};
+use crate::headers::HeaderMode;
 use crate::key::{KeyExtractor, PeerIp, RequestInfo};
+use crate::service::RateLimit;
 
 /// What happens to a request whose key cannot be extracted (no peer address, no API key).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,7 +33,7 @@ impl Default for MissingKey {
     }
 }
 
-/// What happens when the store fails ([`Error::Store`]).
+/// What happens when the store fails ([`Error::Store`](floodgate::Error::Store)).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub enum OnStoreError {
@@ -48,7 +46,7 @@ pub enum OnStoreError {
 
 /// Which policy a request is checked against.
 #[derive(Clone)]
-enum Policies {
+pub(crate) enum Policies {
     Fixed(Policy),
     /// By path, exact match, with a default (or none: unlimited).
     PerRoute {
@@ -62,7 +60,7 @@ enum Policies {
 }
 
 /// Chooses a policy from a request's key, asynchronously.
-type KeyResolver =
+pub(crate) type KeyResolver =
     Arc<dyn Fn(String) -> Pin<Box<dyn Future<Output = Option<Policy>> + Send>> + Send + Sync>;
 
 /// The extra cost of a request, known from its response (bytes sent, say).
@@ -74,19 +72,19 @@ type Resolver = Arc<dyn Fn(&RequestInfo<'_>) -> Option<Policy> + Send + Sync>;
 /// Requests that are never limited.
 type Exemption = Arc<dyn Fn(&RequestInfo<'_>) -> bool + Send + Sync>;
 
-struct Shared<S: Store> {
-    limiter: Arc<RateLimiter<S>>,
-    policies: Policies,
-    key: Arc<dyn KeyExtractor>,
-    missing_key: MissingKey,
-    on_store_error: OnStoreError,
-    headers: HeaderMode,
-    shadow: bool,
+pub(crate) struct Shared<S: Store> {
+    pub(crate) limiter: Arc<RateLimiter<S>>,
+    pub(crate) policies: Policies,
+    pub(crate) key: Arc<dyn KeyExtractor>,
+    pub(crate) missing_key: MissingKey,
+    pub(crate) on_store_error: OnStoreError,
+    pub(crate) headers: HeaderMode,
+    pub(crate) shadow: bool,
     /// Policies in shadow mode even when the layer is not.
-    shadow_policies: std::collections::HashSet<String>,
-    cost: u32,
-    exempt: Option<Exemption>,
-    after: Option<AfterCost>,
+    pub(crate) shadow_policies: std::collections::HashSet<String>,
+    pub(crate) cost: u32,
+    pub(crate) exempt: Option<Exemption>,
+    pub(crate) after: Option<AfterCost>,
 }
 
 impl<S: Store> Clone for Shared<S> {
@@ -285,262 +283,6 @@ impl<Inner, S: Store> Layer<Inner> for RateLimitLayer<S> {
     type Service = RateLimit<Inner, S>;
 
     fn layer(&self, inner: Inner) -> Self::Service {
-        RateLimit {
-            inner,
-            shared: Arc::clone(&self.shared),
-        }
+        RateLimit::new(inner, Arc::clone(&self.shared))
     }
-}
-
-/// The rate-limiting service made by [`RateLimitLayer`].
-pub struct RateLimit<Inner, S: Store = MemoryStore> {
-    inner: Inner,
-    shared: Arc<Shared<S>>,
-}
-
-impl<Inner: Clone, S: Store> Clone for RateLimit<Inner, S> {
-    fn clone(&self) -> Self {
-        RateLimit {
-            inner: self.inner.clone(),
-            shared: Arc::clone(&self.shared),
-        }
-    }
-}
-
-impl<Inner: fmt::Debug, S: Store> fmt::Debug for RateLimit<Inner, S> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RateLimit")
-            .field("inner", &self.inner)
-            .finish_non_exhaustive()
-    }
-}
-
-/// The boxed future inside [`ResponseFuture`].
-type BoxedResponse<ResBody, E> =
-    Pin<Box<dyn Future<Output = Result<Response<LimitBody<ResBody>>, E>> + Send>>;
-
-/// The future of [`RateLimit`]'s response.
-pub struct ResponseFuture<ResBody, E> {
-    future: BoxedResponse<ResBody, E>,
-}
-
-impl<ResBody, E> Future for ResponseFuture<ResBody, E> {
-    type Output = Result<Response<LimitBody<ResBody>>, E>;
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.future.as_mut().poll(cx)
-    }
-}
-
-impl<ResBody, E> fmt::Debug for ResponseFuture<ResBody, E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture").finish_non_exhaustive()
-    }
-}
-
-/// A request's policy: known now, or to be looked up from its key.
-enum Chosen {
-    Now(Option<Policy>),
-    ByKey(KeyResolver),
-}
-
-/// The outcome of checking one request.
-enum Verdict {
-    Pass(Option<(Policy, String, Decision)>),
-    Reject(Policy, Decision),
-    Unauthorized,
-    Unavailable,
-}
-
-impl<S: Store> Shared<S> {
-    async fn check(&self, policy: Option<Policy>, key: Option<String>) -> Verdict {
-        let Some(policy) = policy else {
-            return Verdict::Pass(None);
-        };
-        let key = match (key, &self.missing_key) {
-            (Some(key), _) => key,
-            (None, MissingKey::Shared(shared)) => shared.clone(),
-            (None, MissingKey::Allow) => return Verdict::Pass(None),
-            (None, MissingKey::Reject) => return Verdict::Unauthorized,
-        };
-        let cost = self.cost.min(policy.max_cost()).max(1);
-        // Metrics are labelled by policy and outcome, never by key: keys are user data and
-        // unbounded.
-        let count = |outcome: &'static str| {
-            metrics::counter!("floodgate_decisions_total", "policy" => policy.name().to_owned(), "outcome" => outcome)
-                .increment(1);
-        };
-        match self.limiter.check_n(&policy, &key, cost).await {
-            Ok(decision) if decision.is_allowed() => {
-                count("allowed");
-                Verdict::Pass(Some((policy, key, decision)))
-            }
-            Ok(decision) if self.shadow || self.shadow_policies.contains(policy.name()) => {
-                count("shadow_denied");
-                Verdict::Pass(Some((policy, key, decision)))
-            }
-            Ok(decision) => {
-                count("denied");
-                Verdict::Reject(policy, decision)
-            }
-            Err(Error::Store(_)) if self.on_store_error == OnStoreError::Allow => {
-                count("store_error_allowed");
-                Verdict::Pass(None)
-            }
-            Err(_) => {
-                count("store_error_denied");
-                Verdict::Unavailable
-            }
-        }
-    }
-}
-
-impl<Inner, S, ReqBody, ResBody> Service<Request<ReqBody>> for RateLimit<Inner, S>
-where
-    Inner: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
-    Inner::Future: Send + 'static,
-    Inner::Error: 'static,
-    S: Store,
-    ReqBody: Send + 'static,
-    ResBody: Send + 'static,
-{
-    type Response = Response<LimitBody<ResBody>>;
-    type Error = Inner::Error;
-    type Future = ResponseFuture<ResBody, Inner::Error>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        // The service that was polled ready handles this request; a fresh clone waits for
-        // the next poll_ready.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let shared = Arc::clone(&self.shared);
-        let info = RequestInfo::of(&request);
-        let grpc = info
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/grpc"));
-        let exempt = shared.exempt.as_ref().is_some_and(|exempt| exempt(&info));
-        let (policy, key) = if exempt {
-            (Chosen::Now(None), None)
-        } else {
-            let policy = match &shared.policies {
-                Policies::Fixed(policy) => Chosen::Now(Some(policy.clone())),
-                Policies::PerRoute { routes, default } => {
-                    Chosen::Now(routes.get(info.uri.path()).or(default.as_ref()).cloned())
-                }
-                Policies::Resolver(resolve) => Chosen::Now(resolve(&info)),
-                Policies::ByKey(resolve) => Chosen::ByKey(Arc::clone(resolve)),
-            };
-            (policy, shared.key.extract(&info))
-        };
-        let future = async move {
-            let policy = match policy {
-                Chosen::Now(policy) => policy,
-                Chosen::ByKey(resolve) => match &key {
-                    Some(key) => resolve(key.clone()).await,
-                    None => None,
-                },
-            };
-            match shared.check(policy, key).await {
-                Verdict::Pass(checked) => {
-                    let mut response = inner.call(request).await?.map(LimitBody::inner);
-                    if let Some((policy, key, decision)) = checked {
-                        headers::insert(response.headers_mut(), shared.headers, &policy, &decision);
-                        if let Some(after) = &shared.after {
-                            let extra = after(response.status(), response.headers());
-                            if extra > 0 {
-                                // Outcome ignored: the response is already decided.
-                                let _ = shared.limiter.charge(&policy, &key, extra).await;
-                            }
-                        }
-                    }
-                    Ok(response)
-                }
-                Verdict::Reject(policy, decision) if grpc => {
-                    Ok(resource_exhausted(shared.headers, &policy, &decision))
-                }
-                Verdict::Reject(policy, decision) => {
-                    Ok(too_many_requests(shared.headers, &policy, &decision))
-                }
-                Verdict::Unauthorized => Ok(plain(StatusCode::UNAUTHORIZED, "missing credentials")),
-                Verdict::Unavailable => {
-                    let mut response =
-                        plain(StatusCode::SERVICE_UNAVAILABLE, "rate limiter unavailable");
-                    response
-                        .headers_mut()
-                        .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
-                    Ok(response)
-                }
-            }
-        };
-        ResponseFuture {
-            future: Box::pin(future),
-        }
-    }
-}
-
-fn too_many_requests<B>(
-    mode: HeaderMode,
-    policy: &Policy,
-    decision: &Decision,
-) -> Response<LimitBody<B>> {
-    let body = Bytes::from(headers::problem(policy, decision));
-    let mut response = Response::new(LimitBody::own(body));
-    *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
-    let headers = response.headers_mut();
-    headers.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/problem+json"),
-    );
-    // Whole seconds, rounded up: never earlier than capacity really appears.
-    let retry = headers::ceil_secs(decision.retry_after()).max(1);
-    headers.insert(http::header::RETRY_AFTER, HeaderValue::from(retry));
-    headers::insert(headers, mode, policy, decision);
-    response
-}
-
-/// A gRPC call's denial: HTTP 200 with `grpc-status: 8` (RESOURCE_EXHAUSTED) in a
-/// trailers-only response, and the wait as `grpc-retry-pushback-ms` (gRPC's retry pushback)
-/// and `retry-after`.
-fn resource_exhausted<B>(
-    mode: HeaderMode,
-    policy: &Policy,
-    decision: &Decision,
-) -> Response<LimitBody<B>> {
-    let mut response = Response::new(LimitBody::own(Bytes::new()));
-    let headers = response.headers_mut();
-    headers.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/grpc"),
-    );
-    headers.insert("grpc-status", HeaderValue::from_static("8"));
-    headers.insert(
-        "grpc-message",
-        HeaderValue::from_static("rate%20limit%20exceeded"),
-    );
-    let millis = decision.retry_after().as_nanos().div_ceil(1_000_000);
-    headers.insert(
-        "grpc-retry-pushback-ms",
-        HeaderValue::from(u64::try_from(millis).unwrap_or(u64::MAX)),
-    );
-    headers.insert(
-        http::header::RETRY_AFTER,
-        HeaderValue::from(headers::ceil_secs(decision.retry_after()).max(1)),
-    );
-    headers::insert(headers, mode, policy, decision);
-    response
-}
-
-fn plain<B>(status: StatusCode, text: &'static str) -> Response<LimitBody<B>> {
-    let mut response = Response::new(LimitBody::own(Bytes::from_static(text.as_bytes())));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
 }

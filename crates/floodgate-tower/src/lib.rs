@@ -42,11 +42,16 @@
 //! `metrics` recorder (a Prometheus exporter, say) to collect them.
 
 mod body;
+mod future;
 pub mod headers;
 mod key;
 mod layer;
+mod response;
+mod service;
 
 pub use body::LimitBody;
+pub use future::ResponseFuture;
 pub use headers::HeaderMode;
 pub use key::{Composite, HeaderValue, KeyExtractor, PeerAddr, PeerIp, RequestInfo, Route};
-pub use layer::{MissingKey, OnStoreError, RateLimit, RateLimitLayer, ResponseFuture};
+pub use layer::{MissingKey, OnStoreError, RateLimitLayer};
+pub use service::RateLimit;
