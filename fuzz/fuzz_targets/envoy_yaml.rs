@@ -7,7 +7,7 @@ use std::path::Path;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|text: &str| {
-    match floodgate_server::envoy::parse_domain(text, Path::new("fuzz.yaml")) {
+    match floodgate_server::config::envoy::parse_domain(text, Path::new("fuzz.yaml")) {
         Ok(domain) => {
             for entries in [&[("key", "value")][..], &[("a", "b"), ("c", "d")], &[]] {
                 let _ = domain.find(entries.iter().copied());

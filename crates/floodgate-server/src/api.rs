@@ -15,7 +15,7 @@ use floodgate_tower::headers::{self, ceil_secs};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 
 use crate::request;
-use crate::runtime::{Runtime, ServedPolicy, Shared};
+use crate::state::{Served, ServedPolicy, Shared};
 
 /// The largest request body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -54,7 +54,7 @@ fn bad_request(shared: &Shared, detail: &str) -> Response {
 }
 
 fn body_timeout(shared: &Shared) -> Duration {
-    shared.runtime.load().config.server.limits.body_timeout
+    shared.served.load().config.server.limits.body_timeout
 }
 
 /// Reads a request body of at most [`MAX_BODY`] bytes. A body that arrives in one frame (the
@@ -163,10 +163,10 @@ fn ceil_ms(d: Duration) -> u64 {
 #[allow(clippy::result_large_err)] // the error is the response itself, sent right away
 fn served_policy<'a>(
     shared: &Shared,
-    runtime: &'a Runtime,
+    current: &'a Served,
     name: &str,
 ) -> Result<&'a ServedPolicy, Response> {
-    runtime.policies.get(name).ok_or_else(|| {
+    current.policies.get(name).ok_or_else(|| {
         shared.metrics.bad_request();
         problem(
             StatusCode::NOT_FOUND,
@@ -180,12 +180,12 @@ fn served_policy<'a>(
 #[allow(clippy::result_large_err)]
 fn parse_decide<'a>(
     shared: &Shared,
-    runtime: &'a Runtime,
+    current: &'a Served,
     body: &'a [u8],
 ) -> Result<(&'a ServedPolicy, request::Decide<'a>, u32), Response> {
     let request = request::decide(body).map_err(|detail| bad_request(shared, &detail))?;
     let cost = request.cost;
-    let served = served_policy(shared, runtime, &request.policy)?;
+    let served = served_policy(shared, current, &request.policy)?;
     Ok((served, request, cost))
 }
 
@@ -285,17 +285,17 @@ async fn decide(shared: &Shared, request: axum::extract::Request, op: Decide) ->
         Ok(body) => body,
         Err(response) => return response,
     };
-    let runtime = shared.runtime.load();
-    let (served, request, cost) = match parse_decide(shared, &runtime, &body) {
+    let current = shared.served.load();
+    let (served, request, cost) = match parse_decide(shared, &current, &body) {
         Ok(parsed) => parsed,
         Err(response) => return response,
     };
     // The store's clock (a TSC read) times the call: cheaper than `Instant`.
-    let clock = runtime.limiter.store().clock();
+    let clock = current.limiter.store().clock();
     let started = clock.now_nanos();
     let result = match op {
         Decide::Check => {
-            runtime
+            current
                 .limiter
                 .check_n(&served.policy, &request.key, cost)
                 .await
@@ -303,7 +303,7 @@ async fn decide(shared: &Shared, request: axum::extract::Request, op: Decide) ->
         // The limiter's `peek` asks about one token; the cost a peek asks about is held to
         // the rule the limiter applies to a check, so both answer `422` alike.
         Decide::Peek => match served.policy.check_cost(cost) {
-            Ok(()) => runtime.limiter.peek(&served.policy, &request.key).await,
+            Ok(()) => current.limiter.peek(&served.policy, &request.key).await,
             Err(e) => Err(e),
         },
     };
@@ -336,8 +336,8 @@ async fn decide(shared: &Shared, request: axum::extract::Request, op: Decide) ->
 async fn reset(State(shared): State<Arc<Shared>>, request: axum::extract::Request) -> Response {
     let (parts, body) = request.into_parts();
     let headers = &parts.headers;
-    let runtime = shared.runtime.load();
-    if let Some(token) = &runtime.config.server.admin_token {
+    let current = shared.served.load();
+    if let Some(token) = &current.config.server.admin_token {
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -360,7 +360,7 @@ async fn reset(State(shared): State<Arc<Shared>>, request: axum::extract::Reques
         &shared,
         headers,
         body,
-        runtime.config.server.limits.body_timeout,
+        current.config.server.limits.body_timeout,
     )
     .await
     {
@@ -371,12 +371,12 @@ async fn reset(State(shared): State<Arc<Shared>>, request: axum::extract::Reques
         Ok(request) => request,
         Err(detail) => return bad_request(&shared, &detail),
     };
-    let served = match served_policy(&shared, &runtime, &request.policy) {
+    let served = match served_policy(&shared, &current, &request.policy) {
         Ok(served) => served,
         Err(response) => return response,
     };
     let started = Instant::now();
-    let result = runtime.limiter.reset(&served.policy, &request.key).await;
+    let result = current.limiter.reset(&served.policy, &request.key).await;
     shared.metrics.store_latency(started.elapsed());
     match result {
         Ok(()) => {
@@ -405,10 +405,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn policies(State(shared): State<Arc<Shared>>) -> Response {
-    let runtime = shared.runtime.load();
+    let current = shared.served.load();
     (
         [(header::CONTENT_TYPE, "application/json")],
-        runtime.policy_list.clone(),
+        current.policy_list.clone(),
     )
         .into_response()
 }

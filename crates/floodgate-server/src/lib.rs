@@ -29,13 +29,14 @@
 
 mod api;
 pub mod config;
-pub mod envoy;
 pub mod files;
 mod listener;
 pub mod metrics;
+mod reload;
 pub mod request;
 mod rls;
-mod runtime;
+pub mod rules;
+mod state;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -49,7 +50,7 @@ use tokio::task::JoinHandle;
 pub use api::{MAX_BODY, MAX_KEY};
 pub use config::{Config, ConfigError, Overrides};
 pub use listener::{DEFAULT_SHUTDOWN_GRACE, GrpcLimits, HttpLimits, raise_fd_limit};
-pub use runtime::AnyStore;
+pub use state::AnyStore;
 
 /// The Envoy RLS v3 protocol types, generated from the trimmed protos in `proto/`.
 #[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
@@ -188,7 +189,7 @@ pub async fn validate(options: &Options) -> Result<Config, ConfigError> {
     let config = tokio::task::spawn_blocking(move || load_config(&owned))
         .await
         .map_err(|e| ConfigError::new(std::path::Path::new("<loader>"), "", e.to_string()))??;
-    runtime::check_store(&config)?;
+    state::check_store(&config)?;
     Ok(config)
 }
 
@@ -196,7 +197,7 @@ pub async fn validate(options: &Options) -> Result<Config, ConfigError> {
 pub struct Running {
     http: SocketAddr,
     grpc: SocketAddr,
-    shared: Arc<runtime::Shared>,
+    shared: Arc<state::Shared>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -223,7 +224,7 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
     );
     let server = config.server.clone();
     let shared =
-        runtime::Shared::start(config, options.config.clone(), options.overrides.clone()).await?;
+        state::Shared::start(config, options.config.clone(), options.overrides.clone()).await?;
     let (stop, stopped) = watch::channel(false);
     let mut tasks = Vec::new();
 
@@ -255,8 +256,8 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
     if let (Some(interval), Some(path)) = (options.watch_interval, options.config.clone()) {
         // The first fingerprint is taken before `start` returns: a change made right after
         // it must be seen as one.
-        let first = fingerprint(&shared, &path).await;
-        tasks.push(tokio::spawn(watch_files(
+        let first = reload::fingerprint(&shared, &path).await;
+        tasks.push(tokio::spawn(reload::watch_files(
             shared.clone(),
             path,
             interval,
@@ -266,7 +267,7 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
     }
     #[cfg(unix)]
     if options.reload_on_sighup {
-        tasks.push(tokio::spawn(reload_on_sighup(shared.clone(), stopped)));
+        tasks.push(tokio::spawn(reload::on_sighup(shared.clone(), stopped)));
     }
     Ok(Running {
         http,
@@ -305,11 +306,11 @@ impl Running {
     }
     /// The configuration being served.
     pub fn config(&self) -> Config {
-        self.shared.runtime.load().config.clone()
+        self.shared.served.load().config.clone()
     }
     /// The version of the config being served: 1 at start, +1 per applied reload.
     pub fn config_version(&self) -> u64 {
-        self.shared.runtime.load().version
+        self.shared.served.load().version
     }
     /// Reloads so far: (applied, refused).
     pub fn reloads(&self) -> (u64, u64) {
@@ -332,70 +333,4 @@ impl Running {
 
 pub(crate) async fn until_stopped(stopped: &mut watch::Receiver<bool>) {
     let _ = stopped.wait_for(|&s| s).await;
-}
-
-/// Reloads when the config file or any Envoy file changes: polled from metadata (no
-/// platform watcher), off the async workers.
-async fn watch_files(
-    shared: Arc<runtime::Shared>,
-    path: PathBuf,
-    interval: Duration,
-    first: Option<files::Fingerprint>,
-    mut stopped: watch::Receiver<bool>,
-) {
-    let mut last = first;
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            () = until_stopped(&mut stopped) => return,
-        }
-        let now = tokio::select! {
-            now = fingerprint(&shared, &path) => now,
-            () = until_stopped(&mut stopped) => return,
-        };
-        let changed = match (&now, &last) {
-            (Some(now), Some(last)) => now.differs_from(last),
-            _ => true,
-        };
-        if changed {
-            last = now;
-            let _ = shared.reload().await;
-        }
-    }
-}
-
-/// The fingerprint of the files the served config was loaded from, taken off the async
-/// workers (`None` if that task failed).
-async fn fingerprint(
-    shared: &runtime::Shared,
-    path: &std::path::Path,
-) -> Option<files::Fingerprint> {
-    let config = &shared.runtime.load().config;
-    let dir = config.envoy_dir.clone();
-    let cap = config.envoy_options.max_file_bytes;
-    let path = path.to_path_buf();
-    tokio::task::spawn_blocking(move || files::Fingerprint::take(&path, dir.as_deref(), cap))
-        .await
-        .ok()
-}
-
-#[cfg(unix)]
-async fn reload_on_sighup(shared: Arc<runtime::Shared>, mut stopped: watch::Receiver<bool>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot listen for SIGHUP; reload by editing the config file");
-        return;
-    };
-    loop {
-        tokio::select! {
-            received = hangups.recv() => {
-                if received.is_none() {
-                    return;
-                }
-                tracing::info!("SIGHUP: reloading the configuration");
-                let _ = shared.reload().await;
-            }
-            () = until_stopped(&mut stopped) => return,
-        }
-    }
 }

@@ -9,14 +9,14 @@ use floodgate::{Decision, DecisionSource, Limit, Policy};
 use floodgate_tower::headers::{ceil_secs, policy_field, state_field};
 use tonic::{Request, Response, Status};
 
-use crate::envoy::{Action, Rule, Unit};
 use crate::proto::envoy::config::core::v3::HeaderValue;
 use crate::proto::envoy::service::ratelimit::v3::rate_limit_response::{
     Code, DescriptorStatus, RateLimit, rate_limit::Unit as ProtoUnit,
 };
 use crate::proto::envoy::service::ratelimit::v3::rate_limit_service_server::RateLimitService;
 use crate::proto::envoy::service::ratelimit::v3::{RateLimitRequest, RateLimitResponse};
-use crate::runtime::{Runtime, Shared};
+use crate::rules::{Action, Rule, Unit};
+use crate::state::{Served, Shared};
 
 /// The gRPC service.
 pub(crate) struct Rls {
@@ -89,14 +89,14 @@ fn bucket_key(domain: &str, entries: &[(&str, &str)]) -> String {
     key.push_str(domain);
     key.push('\n');
     for (k, v) in entries {
-        crate::envoy::push_part(&mut key, k, v);
+        crate::rules::push_part(&mut key, k, v);
     }
     key
 }
 
 impl Rls {
-    fn resolve(runtime: &Runtime, request: &RateLimitRequest) -> Result<Vec<Resolved>, Status> {
-        let domain = runtime.config.envoy.get(&request.domain);
+    fn resolve(served: &Served, request: &RateLimitRequest) -> Result<Vec<Resolved>, Status> {
+        let domain = served.config.envoy.get(&request.domain);
         let request_hits = if request.hits_addend == 0 {
             1
         } else {
@@ -131,6 +131,76 @@ impl Rls {
         }
         Ok(resolved)
     }
+
+    /// One matched descriptor's status, and for a bucket the decision it made and whether
+    /// it passed (the response headers report one of them).
+    async fn descriptor(
+        shared: &Shared,
+        served: &Served,
+        rule: &Rule,
+        bucket: &str,
+        hits: u64,
+    ) -> Result<(DescriptorStatus, Option<(Policy, Decision, bool)>), Status> {
+        let policy = match &rule.action {
+            Action::Unlimited => {
+                let status = DescriptorStatus {
+                    code: Code::Ok as i32,
+                    current_limit: None,
+                    limit_remaining: u32::MAX,
+                    duration_until_reset: None,
+                };
+                return Ok((status, None));
+            }
+            Action::Block => {
+                let status = DescriptorStatus {
+                    code: if rule.shadow {
+                        Code::Ok
+                    } else {
+                        Code::OverLimit
+                    } as i32,
+                    current_limit: Some(current_limit(rule)),
+                    limit_remaining: 0,
+                    duration_until_reset: None,
+                };
+                return Ok((status, None));
+            }
+            Action::Bucket(policy) => policy,
+        };
+        let started = Instant::now();
+        let fits = u32::try_from(hits)
+            .ok()
+            .filter(|&cost| cost >= 1 && cost <= policy.max_cost());
+        let result = match fits {
+            Some(cost) => served.limiter.check_n(policy, bucket, cost).await,
+            // 0 hits: check without counting; more hits than the bucket holds: over the
+            // limit whatever the state.
+            None => served.limiter.peek(policy, bucket).await,
+        };
+        shared.metrics.store_latency(started.elapsed());
+        let decision = result.map_err(|e| {
+            shared.metrics.store_error();
+            tracing::warn!(error = %e, "store call failed");
+            Status::unavailable(format!("rate limit store unavailable: {e}"))
+        })?;
+        let allowed = match fits {
+            Some(_) => decision.is_allowed(),
+            None => hits == 0 && decision.is_allowed(),
+        } && decision.source() != DecisionSource::FailClosed;
+        if let Some(counters) = served.rule_counters.get(policy.name()) {
+            counters.record(&decision, rule.shadow);
+        }
+        let status = DescriptorStatus {
+            code: if allowed || rule.shadow {
+                Code::Ok
+            } else {
+                Code::OverLimit
+            } as i32,
+            current_limit: Some(current_limit(rule)),
+            limit_remaining: u32::try_from(decision.remaining()).unwrap_or(u32::MAX),
+            duration_until_reset: Some(proto_duration(decision.reset_after())),
+        };
+        Ok((status, Some((policy.clone(), decision, allowed))))
+    }
 }
 
 #[tonic::async_trait]
@@ -152,8 +222,8 @@ impl RateLimitService for Rls {
                 "rate limit descriptor list must not be empty",
             ));
         }
-        let runtime = shared.runtime.load_full();
-        let resolved = Self::resolve(&runtime, &request)?;
+        let served = shared.served.load_full();
+        let resolved = Self::resolve(&served, &request)?;
         // A matched rule naming others in `replaces` switches those off for this request.
         let replaced: HashSet<&str> = resolved
             .iter()
@@ -183,71 +253,20 @@ impl RateLimitService for Rls {
                 });
                 continue;
             }
-            let status = match &rule.action {
-                Action::Unlimited => DescriptorStatus {
-                    code: Code::Ok as i32,
-                    current_limit: None,
-                    limit_remaining: u32::MAX,
-                    duration_until_reset: None,
-                },
-                Action::Block => DescriptorStatus {
-                    code: if rule.shadow {
-                        Code::Ok
-                    } else {
-                        Code::OverLimit
-                    } as i32,
-                    current_limit: Some(current_limit(rule)),
-                    limit_remaining: 0,
-                    duration_until_reset: None,
-                },
-                Action::Bucket(policy) => {
-                    let started = Instant::now();
-                    let fits = u32::try_from(*hits)
-                        .ok()
-                        .filter(|&cost| cost >= 1 && cost <= policy.max_cost());
-                    let result = match fits {
-                        Some(cost) => runtime.limiter.check_n(policy, bucket, cost).await,
-                        // 0 hits: check without counting; more hits than the bucket holds:
-                        // over the limit whatever the state.
-                        None => runtime.limiter.peek(policy, bucket).await,
-                    };
-                    shared.metrics.store_latency(started.elapsed());
-                    let decision = result.map_err(|e| {
-                        shared.metrics.store_error();
-                        tracing::warn!(error = %e, "store call failed");
-                        Status::unavailable(format!("rate limit store unavailable: {e}"))
-                    })?;
-                    let allowed = match fits {
-                        Some(_) => decision.is_allowed(),
-                        None => *hits == 0 && decision.is_allowed(),
-                    } && decision.source() != DecisionSource::FailClosed;
-                    if let Some(counters) = runtime.rule_counters.get(policy.name()) {
-                        counters.record(&decision, rule.shadow);
+            let (status, decided) = Self::descriptor(shared, &served, rule, bucket, *hits).await?;
+            if let Some((policy, decision, allowed)) = decided {
+                let replace = match &shown {
+                    None => true,
+                    Some((_, shown_decision)) => {
+                        (!allowed && shown_decision.is_allowed())
+                            || (allowed == shown_decision.is_allowed()
+                                && decision.remaining() < shown_decision.remaining())
                     }
-                    let status = DescriptorStatus {
-                        code: if allowed || rule.shadow {
-                            Code::Ok
-                        } else {
-                            Code::OverLimit
-                        } as i32,
-                        current_limit: Some(current_limit(rule)),
-                        limit_remaining: u32::try_from(decision.remaining()).unwrap_or(u32::MAX),
-                        duration_until_reset: Some(proto_duration(decision.reset_after())),
-                    };
-                    let replace = match &shown {
-                        None => true,
-                        Some((_, shown_decision)) => {
-                            (!allowed && shown_decision.is_allowed())
-                                || (allowed == shown_decision.is_allowed()
-                                    && decision.remaining() < shown_decision.remaining())
-                        }
-                    };
-                    if replace && !rule.shadow {
-                        shown = Some((policy.clone(), decision));
-                    }
-                    status
+                };
+                if replace && !rule.shadow {
+                    shown = Some((policy, decision));
                 }
-            };
+            }
             over |= status.code == Code::OverLimit as i32;
             statuses.push(status);
         }

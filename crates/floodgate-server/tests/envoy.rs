@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{TempDir, get};
-use floodgate_server::envoy::{LoadOptions, load_dir, parse_domain};
+use floodgate_server::config::envoy::{LoadOptions, load_dir, parse_domain};
 use floodgate_server::proto::envoy::extensions::common::ratelimit::v3::{
     RateLimitDescriptor, rate_limit_descriptor::Entry, rate_limit_descriptor::RateLimitOverride,
 };
@@ -297,7 +297,7 @@ fn a_block_list_of_100_000_entries_loads() {
 fn a_file_over_the_node_budget_is_refused_in_words() {
     // Scalars in one flow list: the cheapest way to many nodes.
     let mut yaml = String::from("domain: huge\ndescriptors:\n  - key: k\n    metadata: [");
-    yaml.push_str(&"1,".repeat(floodgate_server::envoy::MAX_YAML_NODES));
+    yaml.push_str(&"1,".repeat(floodgate_server::config::envoy::MAX_YAML_NODES));
     yaml.push_str("1]\n");
     let error = parse_domain(&yaml, Path::new("huge.yaml")).unwrap_err();
     assert_eq!(
@@ -306,7 +306,7 @@ fn a_file_over_the_node_budget_is_refused_in_words() {
             "huge.yaml: config error, the file holds more than {} YAML nodes (values, lists \
              and maps), the most one file may hold: split the domain across files and set \
              [envoy] merge_domains = true",
-            floodgate_server::envoy::MAX_YAML_NODES
+            floodgate_server::config::envoy::MAX_YAML_NODES
         )
     );
 }

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use floodgate_server::config::Config;
-use floodgate_server::envoy::parse_domain;
+use floodgate_server::config::envoy::parse_domain;
 use floodgate_server::request::{self, MAX_KEY};
 use proptest::prelude::*;
 

@@ -1,4 +1,4 @@
-//! What a request sees: one immutable [`Runtime`] (config, policies, store) swapped atomically
+//! What a request sees: one immutable [`Served`] (config, policies, store) swapped atomically
 //! on reload, and the per-server state that outlives reloads ([`Shared`]).
 
 use std::collections::HashMap;
@@ -65,7 +65,7 @@ pub(crate) struct ServedPolicy {
 }
 
 /// One configuration version, immutable once built.
-pub(crate) struct Runtime {
+pub(crate) struct Served {
     pub(crate) version: u64,
     pub(crate) config: Config,
     pub(crate) policies: HashMap<String, ServedPolicy>,
@@ -78,7 +78,7 @@ pub(crate) struct Runtime {
 
 /// Per-server state shared by every request and task.
 pub(crate) struct Shared {
-    pub(crate) runtime: ArcSwap<Runtime>,
+    pub(crate) served: ArcSwap<Served>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) config_path: Option<PathBuf>,
     pub(crate) overrides: Overrides,
@@ -96,12 +96,12 @@ impl Shared {
     ) -> Result<Arc<Shared>, ConfigError> {
         let metrics = Arc::new(Metrics::default());
         let store = build_store(&config).await?;
-        let runtime = Runtime::new(1, config, Arc::new(RateLimiter::new(store)), &metrics);
+        let served = Served::new(1, config, Arc::new(RateLimiter::new(store)), &metrics);
         metrics.set_version(1);
         let probe = Policy::parse("floodgate-readyz", "1000000/s")
             .map_err(|e| ConfigError::new(std::path::Path::new("<built-in>"), "", e.to_string()))?;
         Ok(Arc::new(Shared {
-            runtime: ArcSwap::from_pointee(runtime),
+            served: ArcSwap::from_pointee(served),
             metrics,
             config_path,
             overrides,
@@ -143,7 +143,7 @@ impl Shared {
             .map_err(|e| ConfigError::new(path, "", format!("cannot load: {e}")))??;
         config.apply(&self.overrides)?;
         check_store(&config)?;
-        let current = self.runtime.load_full();
+        let current = self.served.load_full();
         // Listen addresses are bound once.
         if config.server.http != current.config.server.http
             || config.server.grpc != current.config.server.grpc
@@ -191,36 +191,36 @@ impl Shared {
             Arc::new(RateLimiter::new(build_store(&config).await?))
         };
         let version = self.versions.fetch_add(1, Ordering::Relaxed) + 1;
-        let runtime = Runtime::new(version, config, limiter, &self.metrics);
+        let served = Served::new(version, config, limiter, &self.metrics);
         // Series of policies no longer configured leave `/metrics`.
-        let live: std::collections::HashSet<&str> = runtime
+        let live: std::collections::HashSet<&str> = served
             .policies
             .keys()
-            .chain(runtime.rule_counters.keys())
+            .chain(served.rule_counters.keys())
             .map(String::as_str)
             .collect();
         self.metrics.retain_policies(&live);
-        self.runtime.store(Arc::new(runtime));
+        self.served.store(Arc::new(served));
         Ok(version)
     }
 
     /// Whether the store answers (a peek on a probe key).
     pub(crate) async fn ready(&self) -> bool {
-        let runtime = self.runtime.load_full();
+        let served = self.served.load_full();
         let started = Instant::now();
-        let result = runtime.limiter.peek(&self.probe, "probe").await;
+        let result = served.limiter.peek(&self.probe, "probe").await;
         self.metrics.store_latency(started.elapsed());
         matches!(result, Ok(d) if d.source() == floodgate::DecisionSource::Store)
     }
 }
 
-impl Runtime {
+impl Served {
     fn new(
         version: u64,
         config: Config,
         limiter: Arc<RateLimiter<AnyStore>>,
         metrics: &Metrics,
-    ) -> Runtime {
+    ) -> Served {
         let mut policies = HashMap::new();
         let mut list = Vec::new();
         for (name, p) in &config.policies {
@@ -252,7 +252,7 @@ impl Runtime {
             .into_iter()
             .map(|p| (p.name().to_owned(), metrics.policy(p.name())))
             .collect();
-        Runtime {
+        Served {
             version,
             policy_list: format!("[{}]", list.join(",")),
             config,

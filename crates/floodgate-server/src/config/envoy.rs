@@ -1,5 +1,6 @@
 //! envoyproxy/ratelimit's YAML descriptor configuration: one domain per file, nested
-//! descriptors of `key`/`value` with a `rate_limit` each, loaded into a match tree.
+//! descriptors of `key`/`value` with a `rate_limit` each, loaded into the match tree of
+//! [`crate::rules`].
 //!
 //! Each `rate_limit` decides like a token bucket holding `requests_per_unit` tokens (or
 //! `burst`), refilled at `requests_per_unit` per `unit`: a client that spent its quota gets
@@ -9,13 +10,13 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use floodgate::{Limit, Policy};
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
-use crate::config::{ConfigError, RESERVED_PREFIX};
+use super::{ConfigError, RESERVED_PREFIX};
+use crate::rules::{Action, Domain, Domains, Level, Node, Rule, Unit, push_part};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -70,253 +71,6 @@ struct RawRateLimit {
 #[serde(deny_unknown_fields)]
 struct RawReplace {
     name: Option<String>,
-}
-
-/// The time unit of a `rate_limit` (the RLS protocol's `RateLimit.Unit` numbering).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Unit {
-    /// One second.
-    Second = 1,
-    /// One minute.
-    Minute = 2,
-    /// One hour.
-    Hour = 3,
-    /// One day.
-    Day = 4,
-    /// Seven days.
-    Week = 7,
-}
-
-impl Unit {
-    /// Parses a YAML `unit`.
-    pub fn parse(text: &str) -> Option<Unit> {
-        Some(match text.to_ascii_lowercase().as_str() {
-            "second" => Unit::Second,
-            "minute" => Unit::Minute,
-            "hour" => Unit::Hour,
-            "day" => Unit::Day,
-            "week" => Unit::Week,
-            _ => return None,
-        })
-    }
-
-    /// From the protocol's enum number (`MONTH`, `YEAR` and `UNKNOWN` have no fixed length).
-    pub fn from_proto(n: i32) -> Option<Unit> {
-        Some(match n {
-            1 => Unit::Second,
-            2 => Unit::Minute,
-            3 => Unit::Hour,
-            4 => Unit::Day,
-            7 => Unit::Week,
-            _ => return None,
-        })
-    }
-
-    /// The unit's length.
-    pub fn duration(self) -> Duration {
-        Duration::from_secs(match self {
-            Unit::Second => 1,
-            Unit::Minute => 60,
-            Unit::Hour => 3_600,
-            Unit::Day => 86_400,
-            Unit::Week => 604_800,
-        })
-    }
-}
-
-/// What a matched `rate_limit` does.
-#[derive(Clone, Debug)]
-pub enum Action {
-    /// `unlimited: true`: always OK.
-    Unlimited,
-    /// `requests_per_unit: 0`: always over the limit (a block list).
-    Block,
-    /// A token bucket.
-    Bucket(Policy),
-}
-
-/// One `rate_limit` of the configuration.
-#[derive(Clone, Debug)]
-pub struct Rule {
-    /// What it does.
-    pub action: Action,
-    /// `name`, reported in `current_limit` and matched by other rules' `replaces`.
-    pub name: Option<String>,
-    /// Names of rules this one replaces when both match one request.
-    pub replaces: Vec<String>,
-    /// `requests_per_unit`, as reported.
-    pub requests_per_unit: u32,
-    /// `unit`, as reported.
-    pub unit: Option<Unit>,
-    /// `shadow_mode`: count, but always answer OK.
-    pub shadow: bool,
-}
-
-#[derive(Debug, Default)]
-struct Level {
-    /// key → value → node.
-    exact: HashMap<String, HashMap<String, Node>>,
-    /// key → `(pattern, node)` in file order.
-    wildcards: HashMap<String, Vec<(String, Node)>>,
-    /// key → node matching any value.
-    any: HashMap<String, Node>,
-}
-
-#[derive(Debug)]
-struct Node {
-    rule: Option<Arc<Rule>>,
-    /// Wildcard nodes with `share_threshold`: every matching value shares one bucket.
-    share: bool,
-    /// The index of the file that defined it (errors name both files of a duplicate).
-    file: usize,
-    children: Level,
-}
-
-/// One domain: one file, or several with `[envoy] merge_domains`.
-#[derive(Debug)]
-pub struct Domain {
-    name: String,
-    files: Vec<PathBuf>,
-    root: Level,
-    rules: usize,
-}
-
-/// A descriptor's match: the rule and the bucket key built from the request's values.
-#[derive(Debug)]
-pub struct Match<'a> {
-    /// The matched rule.
-    pub rule: &'a Arc<Rule>,
-    /// The bucket key within the rule.
-    pub bucket: String,
-}
-
-impl Domain {
-    /// The domain's name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-    /// The files it was loaded from, in load order.
-    pub fn files(&self) -> &[PathBuf] {
-        &self.files
-    }
-    /// How many `rate_limit`s it holds.
-    pub fn rule_count(&self) -> usize {
-        self.rules
-    }
-
-    /// The rule a descriptor's entries select: walk one level per entry, preferring an exact
-    /// `key`/`value` node, then a wildcard, then a key-only node; the rule of the node the
-    /// last entry reaches applies (none when the walk stops early or that node has none).
-    pub fn find<'a, 'e>(
-        &'a self,
-        entries: impl ExactSizeIterator<Item = (&'e str, &'e str)>,
-    ) -> Option<Match<'a>> {
-        let last = entries.len().checked_sub(1)?;
-        let mut level = &self.root;
-        let mut bucket = String::new();
-        for (i, (key, value)) in entries.enumerate() {
-            let (node, shown) = if let Some(node) = level.exact.get(key).and_then(|m| m.get(value))
-            {
-                (node, value)
-            } else if let Some((pattern, node)) = level
-                .wildcards
-                .get(key)
-                .and_then(|list| list.iter().find(|(p, _)| glob(p, value)))
-            {
-                (node, if node.share { pattern.as_str() } else { value })
-            } else if let Some(node) = level.any.get(key) {
-                (node, value)
-            } else {
-                return None;
-            };
-            push_part(&mut bucket, key, shown);
-            if i == last {
-                return node.rule.as_ref().map(|rule| Match { rule, bucket });
-            }
-            level = &node.children;
-        }
-        None
-    }
-}
-
-/// The bucket key: entries joined unambiguously (lengths prefix the parts).
-pub(crate) fn push_part(out: &mut String, key: &str, value: &str) {
-    use std::fmt::Write;
-    let _ = write!(out, "{}:{key}={}:{value};", key.len(), value.len());
-}
-
-/// `*` matches any run of characters (possibly empty); everything else matches itself.
-pub fn glob(pattern: &str, text: &str) -> bool {
-    let mut parts = pattern.split('*');
-    let Some(first) = parts.next() else {
-        return text.is_empty();
-    };
-    let Some(mut rest) = text.strip_prefix(first) else {
-        return false;
-    };
-    let parts: Vec<&str> = parts.collect();
-    let Some((last, middle)) = parts.split_last() else {
-        return rest.is_empty();
-    };
-    for part in middle {
-        match rest.find(part) {
-            Some(at) => rest = &rest[at + part.len()..],
-            None => return false,
-        }
-    }
-    rest.len() >= last.len() && rest.ends_with(last)
-}
-
-/// All loaded domains, by name.
-#[derive(Debug, Default, Clone)]
-pub struct Domains {
-    by_name: HashMap<String, Arc<Domain>>,
-}
-
-impl Domains {
-    /// No domains loaded.
-    pub fn is_empty(&self) -> bool {
-        self.by_name.is_empty()
-    }
-    /// The domain named `name`.
-    pub fn get(&self, name: &str) -> Option<&Domain> {
-        self.by_name.get(name).map(|d| &**d)
-    }
-    /// Every domain, sorted by name.
-    pub fn iter(&self) -> impl Iterator<Item = &Domain> {
-        let mut all: Vec<&Domain> = self.by_name.values().map(|d| &**d).collect();
-        all.sort_by(|a, b| a.name.cmp(&b.name));
-        all.into_iter()
-    }
-    /// Every bucket policy of every domain (for metrics and reload bookkeeping).
-    pub fn policies(&self) -> Vec<Policy> {
-        fn walk(level: &Level, out: &mut Vec<Policy>) {
-            let nodes = level
-                .exact
-                .values()
-                .flat_map(|m| m.values())
-                .chain(
-                    level
-                        .wildcards
-                        .values()
-                        .flat_map(|v| v.iter().map(|(_, n)| n)),
-                )
-                .chain(level.any.values());
-            for node in nodes {
-                if let Some(rule) = &node.rule
-                    && let Action::Bucket(policy) = &rule.action
-                {
-                    out.push(policy.clone());
-                }
-                walk(&node.children, out);
-            }
-        }
-        let mut out = Vec::new();
-        for domain in self.by_name.values() {
-            walk(&domain.root, &mut out);
-        }
-        out
-    }
 }
 
 /// How the Envoy directory is loaded.
@@ -774,19 +528,6 @@ fn policy_name(domain: &str, composite: &str, distinct: Option<&str>) -> String 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn glob_matches_like_a_shell_star() {
-        assert!(glob("files/*", "files/a.txt"));
-        assert!(glob("files/*", "files/"));
-        assert!(!glob("files/*", "file"));
-        assert!(glob("/api*v1", "/api/users/v1"));
-        assert!(!glob("/api*v1", "/api/users/v2"));
-        assert!(glob("svc*ep*rpc", "svc-a-ep-b-rpc"));
-        assert!(!glob("svc*ep*rpc", "svc-a-rpc"));
-        assert!(glob("a*a", "aa"));
-        assert!(!glob("a*a", "a"));
-    }
 
     #[test]
     fn invalid_names_get_a_hashed_suffix() {

@@ -1,0 +1,454 @@
+//! One function per section of the config file, each converting its raw serde table into
+//! validated settings, with errors naming the file and the key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use floodgate::{FailurePolicy, Policy};
+use serde::Deserialize;
+
+use super::envoy::{self, LoadOptions};
+use super::toml_location::bare_or_quoted;
+use super::{
+    ConfigError, PolicyConfig, RESERVED_PREFIX, SERVER_DEFAULT_MAX_KEYS,
+    SERVER_DEFAULT_STORE_TIMEOUT, Secret, ServerConfig, StoreConfig, StoreUrl, redact_url,
+};
+use crate::files;
+use crate::listener::{DEFAULT_SHUTDOWN_GRACE, GrpcLimits, HttpLimits};
+use crate::rules::Domains;
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    #[serde(default)]
+    pub(super) server: RawServer,
+    #[serde(default)]
+    pub(super) store: RawStore,
+    #[serde(default)]
+    pub(super) policies: BTreeMap<String, toml::Value>,
+    pub(super) envoy: Option<RawEnvoy>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawServer {
+    http: Option<String>,
+    grpc: Option<String>,
+    admin_token: Option<String>,
+    max_connections: Option<i64>,
+    header_timeout: Option<String>,
+    body_timeout: Option<String>,
+    max_header_bytes: Option<i64>,
+    grpc_max_connections: Option<i64>,
+    grpc_handshake_timeout: Option<String>,
+    grpc_idle_timeout: Option<String>,
+    shutdown_grace: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawStore {
+    url: Option<String>,
+    max_keys: Option<i64>,
+    on_error: Option<RawOnError>,
+    local_share: Option<f64>,
+    timeout: Option<String>,
+    tls_ca_file: Option<String>,
+    connections: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    limits: String,
+    on_error: Option<RawOnError>,
+    #[serde(default)]
+    shadow: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEnvoy {
+    config_dir: String,
+    merge_domains: Option<bool>,
+    max_file_bytes: Option<i64>,
+}
+
+/// `on_error` as written in TOML; converted to a [`FailurePolicy`] in one place
+/// ([`failure_policy`]), with `store.local_share` for `"local"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum RawOnError {
+    Allow,
+    Deny,
+    Local,
+}
+
+/// The failure policy `on_error` names; `"local"` takes `store.local_share`, which it
+/// requires.
+fn failure_policy(on_error: RawOnError, share: Option<f64>) -> Result<FailurePolicy, String> {
+    Ok(match on_error {
+        RawOnError::Allow => FailurePolicy::Allow,
+        RawOnError::Deny => FailurePolicy::Deny,
+        RawOnError::Local => FailurePolicy::Local {
+            share: share.ok_or(
+                "required when on_error is \"local\" (the fraction of each limit one node may \
+                 use, e.g. 0.25 for 4 nodes)",
+            )?,
+        },
+    })
+}
+
+/// `[server]`.
+pub(super) fn server_section(raw: RawServer, file: &Path) -> Result<ServerConfig, ConfigError> {
+    let err = |key: &str, reason: String| ConfigError::new(file, key, reason);
+    let addr = |key: &str, value: Option<String>, default: &str| -> Result<SocketAddr, _> {
+        let text = value.unwrap_or_else(|| default.to_owned());
+        text.parse::<SocketAddr>().map_err(|_| {
+            err(
+                key,
+                format!("'{text}' is not a socket address such as \"127.0.0.1:8080\""),
+            )
+        })
+    };
+    let defaults = HttpLimits::default();
+    let duration = |key: &str, value: Option<String>, default: Duration| match value {
+        None => Ok(default),
+        Some(text) => {
+            parse_duration(&text, Duration::from_secs(3_600)).map_err(|reason| err(key, reason))
+        }
+    };
+    let count = |key: &str, value: Option<i64>, default: usize, min: i64, max: i64| match value {
+        None => Ok(default),
+        Some(n) if n < min || n > max => {
+            Err(err(key, format!("must be from {min} to {max}, got {n}")))
+        }
+        Some(n) => usize::try_from(n).map_err(|_| err(key, format!("{n} is out of range"))),
+    };
+    let limits = HttpLimits {
+        max_connections: count(
+            "server.max_connections",
+            raw.max_connections,
+            defaults.max_connections,
+            1,
+            1_000_000,
+        )?,
+        header_timeout: duration(
+            "server.header_timeout",
+            raw.header_timeout,
+            defaults.header_timeout,
+        )?,
+        body_timeout: duration(
+            "server.body_timeout",
+            raw.body_timeout,
+            defaults.body_timeout,
+        )?,
+        max_header_bytes: count(
+            "server.max_header_bytes",
+            raw.max_header_bytes,
+            defaults.max_header_bytes,
+            1_024,
+            1_048_576,
+        )?,
+        max_headers: defaults.max_headers,
+    };
+    let grpc_defaults = GrpcLimits::default();
+    let grpc_limits = GrpcLimits {
+        max_connections: count(
+            "server.grpc_max_connections",
+            raw.grpc_max_connections,
+            grpc_defaults.max_connections,
+            1,
+            1_000_000,
+        )?,
+        // The preface and SETTINGS are a request head's HTTP/2 counterpart.
+        handshake_timeout: duration(
+            "server.grpc_handshake_timeout",
+            raw.grpc_handshake_timeout,
+            limits.header_timeout,
+        )?,
+        idle_timeout: match raw.grpc_idle_timeout {
+            None => grpc_defaults.idle_timeout,
+            Some(text) => parse_duration(&text, Duration::from_secs(86_400))
+                .map_err(|reason| err("server.grpc_idle_timeout", reason))?,
+        },
+    };
+    let shutdown_grace = match raw.shutdown_grace {
+        None => DEFAULT_SHUTDOWN_GRACE,
+        Some(text) => parse_duration_or_zero(&text, Duration::from_secs(3_600))
+            .map_err(|reason| err("server.shutdown_grace", reason))?,
+    };
+    let server = ServerConfig {
+        http: addr("server.http", raw.http, "127.0.0.1:8080")?,
+        grpc: addr("server.grpc", raw.grpc, "127.0.0.1:8081")?,
+        admin_token: match raw.admin_token {
+            Some(token) if token.trim().is_empty() => {
+                return Err(err(
+                    "server.admin_token",
+                    "must not be empty (remove the key to leave /v1/reset open)".into(),
+                ));
+            }
+            token => token.map(Secret),
+        },
+        limits,
+        grpc_limits,
+        shutdown_grace,
+    };
+    if server.http == server.grpc && server.http.port() != 0 {
+        return Err(err(
+            "server.grpc",
+            format!("the same address as server.http ({})", server.http),
+        ));
+    }
+    Ok(server)
+}
+
+/// `[store]`; `dir` resolves `tls_ca_file`.
+pub(super) fn store_section(
+    raw: RawStore,
+    file: &Path,
+    dir: Option<&Path>,
+) -> Result<StoreConfig, ConfigError> {
+    let err = |key: &str, reason: String| ConfigError::new(file, key, reason);
+    let url = parse_store_url(raw.url.as_deref().unwrap_or("memory://"))
+        .map_err(|reason| err("store.url", reason))?;
+    let max_keys = match raw.max_keys {
+        None => SERVER_DEFAULT_MAX_KEYS,
+        Some(_) if url != StoreUrl::Memory => {
+            return Err(err(
+                "store.max_keys",
+                "applies to the memory store only (Redis keys expire by themselves)".into(),
+            ));
+        }
+        Some(n) if n < 1 => {
+            return Err(err(
+                "store.max_keys",
+                format!("must be at least 1, got {n}"),
+            ));
+        }
+        Some(n) => {
+            usize::try_from(n).map_err(|_| err("store.max_keys", format!("{n} is too large")))?
+        }
+    };
+    let timeout = match raw.timeout {
+        None => SERVER_DEFAULT_STORE_TIMEOUT,
+        Some(text) => parse_duration(&text, Duration::from_secs(60))
+            .map_err(|reason| err("store.timeout", reason))?,
+    };
+    let share = raw.local_share;
+    if let Some(share) = share {
+        FailurePolicy::Local { share }
+            .validate()
+            .map_err(|reason| err("store.local_share", reason))?;
+    }
+    let on_error = |raw: RawOnError| {
+        failure_policy(raw, share).map_err(|reason| err("store.local_share", reason))
+    };
+    let tls_ca = match raw.tls_ca_file {
+        None => None,
+        Some(_) if !url.is_tls() => {
+            return Err(err(
+                "store.tls_ca_file",
+                "applies to TLS store URLs only (rediss:// or rediss+cluster://)".into(),
+            ));
+        }
+        Some(file_name) => {
+            let path = dir.unwrap_or(Path::new(".")).join(&file_name);
+            // Read as every config file is: only a regular file, capped, never blocking.
+            let pem = match files::read_capped(&path, files::MAX_CONFIG_BYTES) {
+                Ok(pem) => pem.into_bytes(),
+                Err(files::ReadError::NotText) => Vec::new(),
+                Err(files::ReadError::Io(e)) => {
+                    return Err(err(
+                        "store.tls_ca_file",
+                        format!("cannot read '{}': {e}", path.display()),
+                    ));
+                }
+                Err(e) => {
+                    return Err(err(
+                        "store.tls_ca_file",
+                        format!("'{}': {e}", path.display()),
+                    ));
+                }
+            };
+            if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+                return Err(err(
+                    "store.tls_ca_file",
+                    format!("'{}' holds no PEM certificate", path.display()),
+                ));
+            }
+            Some((path, pem))
+        }
+    };
+    let connections = match raw.connections {
+        None => 1,
+        Some(_) if !matches!(url, StoreUrl::Redis(_)) => {
+            return Err(err(
+                "store.connections",
+                "applies to the Redis store only".into(),
+            ));
+        }
+        Some(n) => {
+            let n = usize::try_from(n)
+                .map_err(|_| err("store.connections", format!("must be positive, got {n}")))?;
+            if let StoreUrl::Redis(url) = &url {
+                floodgate_redis::check_connections(url.expose(), n)
+                    .map_err(|reason| err("store.connections", reason))?;
+            }
+            n
+        }
+    };
+    let store = StoreConfig {
+        url,
+        max_keys,
+        connections,
+        on_error: on_error(raw.on_error.unwrap_or(RawOnError::Allow))?,
+        local_share: share,
+        timeout,
+        tls_ca,
+    };
+    Ok(store)
+}
+
+/// `[policies]`; `local_share` is the store's, for `on_error = "local"`.
+pub(super) fn policies_section(
+    raw: BTreeMap<String, toml::Value>,
+    file: &Path,
+    local_share: Option<f64>,
+) -> Result<BTreeMap<String, PolicyConfig>, ConfigError> {
+    let err = |key: &str, reason: String| ConfigError::new(file, key, reason);
+    let on_error = |raw: RawOnError| {
+        failure_policy(raw, local_share).map_err(|reason| err("store.local_share", reason))
+    };
+    let mut policies = BTreeMap::new();
+    for (name, value) in raw {
+        let key = format!("policies.{}", bare_or_quoted(&name));
+        if name.starts_with(RESERVED_PREFIX) {
+            return Err(err(
+                &key,
+                format!("names starting with '{RESERVED_PREFIX}' are reserved for Envoy rules"),
+            ));
+        }
+        let (limits, on_error, shadow) = match value {
+            toml::Value::String(limits) => (limits, None, false),
+            toml::Value::Table(table) => {
+                let raw: RawPolicy = toml::Value::Table(table)
+                    .try_into()
+                    .map_err(|e: toml::de::Error| err(&key, e.message().to_owned()))?;
+                (
+                    raw.limits,
+                    raw.on_error.map(on_error).transpose()?,
+                    raw.shadow,
+                )
+            }
+            other => {
+                return Err(err(
+                    &key,
+                    format!(
+                        "expected limits as a string (\"5/s burst 10\") or a table \
+                         ({{ limits = \"…\", on_error = \"deny\" }}), got {}",
+                        match other.type_str() {
+                            kind @ ("integer" | "array") => format!("an {kind}"),
+                            kind => format!("a {kind}"),
+                        }
+                    ),
+                ));
+            }
+        };
+        let policy = Policy::parse(name.clone(), &limits).map_err(|e| err(&key, e.to_string()))?;
+        policies.insert(
+            name,
+            PolicyConfig {
+                policy,
+                on_error,
+                shadow,
+            },
+        );
+    }
+    Ok(policies)
+}
+
+/// `[envoy]`: the domains loaded from `config_dir` (resolved against `dir`), the directory,
+/// and how it was loaded.
+pub(super) fn envoy_section(
+    raw: Option<RawEnvoy>,
+    file: &Path,
+    dir: Option<&Path>,
+) -> Result<(Domains, Option<PathBuf>, LoadOptions), ConfigError> {
+    let err = |key: &str, reason: String| ConfigError::new(file, key, reason);
+    Ok(match raw {
+        None => (Domains::default(), None, LoadOptions::default()),
+        Some(raw) => {
+            let Some(dir) = dir else {
+                return Err(err(
+                    "envoy.config_dir",
+                    "cannot be resolved without a config file".into(),
+                ));
+            };
+            let defaults = LoadOptions::default();
+            let options = LoadOptions {
+                merge_domains: raw.merge_domains.unwrap_or(defaults.merge_domains),
+                max_file_bytes: match raw.max_file_bytes {
+                    None => defaults.max_file_bytes,
+                    Some(n) if !(1..=envoy::MAX_FILE_BYTES_LIMIT as i64).contains(&n) => {
+                        return Err(err(
+                            "envoy.max_file_bytes",
+                            format!("must be from 1 to {}, got {n}", envoy::MAX_FILE_BYTES_LIMIT),
+                        ));
+                    }
+                    Some(n) => n.unsigned_abs(),
+                },
+            };
+            let path = dir.join(&raw.config_dir);
+            if !path.is_dir() {
+                return Err(err(
+                    "envoy.config_dir",
+                    format!("'{}' is not a directory", path.display()),
+                ));
+            }
+            (envoy::load_dir(&path, &options)?, Some(path), options)
+        }
+    })
+}
+
+/// A duration such as `"50ms"` or `"10s"`: above zero and at most `max`.
+fn parse_duration(text: &str, max: Duration) -> Result<Duration, String> {
+    duration_within(text, false, max)
+}
+
+/// A duration such as `"10s"`, or `"0s"`: at most `max`.
+fn parse_duration_or_zero(text: &str, max: Duration) -> Result<Duration, String> {
+    duration_within(text, true, max)
+}
+
+fn duration_within(text: &str, zero_allowed: bool, max: Duration) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text)
+        .map_err(|e| format!("'{text}' is not a duration such as \"50ms\": {e}"))?;
+    if (duration.is_zero() && !zero_allowed) || duration > max {
+        return Err(format!(
+            "must be {}at most {}, got '{text}'",
+            if zero_allowed { "" } else { "above 0 and " },
+            humantime::format_duration(max)
+        ));
+    }
+    Ok(duration)
+}
+
+pub(super) fn parse_store_url(url: &str) -> Result<StoreUrl, String> {
+    if url == "memory://" {
+        return Ok(StoreUrl::Memory);
+    }
+    let scheme = url.split_once("://").map(|(s, _)| s);
+    match scheme {
+        Some("redis" | "rediss" | "redis+cluster" | "rediss+cluster") => {
+            Ok(StoreUrl::Redis(Secret(url.to_owned())))
+        }
+        _ => Err(format!(
+            "'{}' is not a store URL: use memory://, redis://host:port, rediss://host:port, \
+             redis+cluster://h1:p1,h2:p2 or rediss+cluster://h1:p1,h2:p2",
+            redact_url(url)
+        )),
+    }
+}
