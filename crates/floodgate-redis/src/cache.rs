@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use floodgate::gcra::{self, Op, Rate};
+use floodgate::store::{self, Op, Rate};
 use floodgate::{Decision, DecisionSource, Policy};
 
 const SHARDS: usize = 16;
@@ -45,7 +45,7 @@ impl DenyCache {
     fn slot(&self, policy: &Policy, key: &str) -> (&Mutex<HashMap<u64, Entry>>, u64) {
         let hash = self
             .hasher
-            .hash_one((policy.name_hash(), policy.name(), key));
+            .hash_one((store::name_hash(policy), policy.name(), key));
         (&self.shards[(hash >> 60) as usize % SHARDS], hash)
     }
 
@@ -70,9 +70,9 @@ impl DenyCache {
             return None;
         }
         let mut tats = entry.tats.to_vec();
-        let verdict = gcra::evaluate(rates, &mut tats, now, op);
+        let verdict = store::evaluate(rates, &mut tats, now, op);
         (!verdict.allowed)
-            .then(|| Decision::from_verdict(&verdict, 1_000).with_source(DecisionSource::Cache))
+            .then(|| store::decision(&verdict, 1_000).with_source(DecisionSource::Cache))
     }
 
     /// Records the state Redis returned (`ahead[i]`: µs each TAT is ahead of the decision),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use floodgate::gcra::Op;
+use floodgate::store::Op;
 use floodgate::{
     Clock, Decision, DecisionSource, Error, FailurePolicy, Limit, MemoryStore, MonotonicClock,
     Policy, Store,
@@ -143,13 +143,11 @@ impl Fallback {
         match self.policy_for(policy) {
             FailurePolicy::Error => Err(error),
             FailurePolicy::Allow => {
-                Ok(
-                    Decision::new(true, 0, burst, 0, Duration::ZERO, Duration::ZERO)
-                        .with_source(DecisionSource::FailOpen),
-                )
+                Ok(Decision::allow(burst, 0).with_source(DecisionSource::FailOpen))
             }
-            FailurePolicy::Deny => Ok(Decision::new(false, 0, burst, 0, wait, wait)
-                .with_source(DecisionSource::FailClosed)),
+            FailurePolicy::Deny => {
+                Ok(Decision::deny(burst, wait).with_source(DecisionSource::FailClosed))
+            }
             FailurePolicy::Local { share } => {
                 let local = scaled(policy, share)?;
                 let op = match op {

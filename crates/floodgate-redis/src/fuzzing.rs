@@ -1,7 +1,7 @@
 //! Entry points for the fuzz targets (feature `fuzzing`); not a stable API.
 
 use floodgate::Policy;
-use floodgate::gcra::{Op, Rate};
+use floodgate::store::{Op, Rate};
 
 /// Parses a decision-script reply for limits given as `(interval µs, burst)` pairs (zeros
 /// and empty lists are skipped, as no policy has them), then feeds the result to the deny

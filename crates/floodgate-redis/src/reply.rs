@@ -1,7 +1,7 @@
 //! The decision script's wire format: the arguments an [`Op`] becomes, and the reply read
 //! back into a [`Decision`]. The fuzz target `redis_reply` calls [`parse_reply`].
 
-use floodgate::gcra::{self, Op, Rate, Verdict};
+use floodgate::store::{self, Op, Rate, Verdict};
 use floodgate::{Decision, Error};
 
 use crate::store::{UNIT_NS, store_error};
@@ -55,7 +55,7 @@ pub(crate) fn parse_reply(reply: &[i64], rates: &[Rate]) -> Result<(Decision, Ve
     // Each limit's TAT relative to the decision time: the state at `now = 0`.
     let ahead: Vec<u64> = reply[3..].iter().map(|v| v.unsigned_abs()).collect();
     let decided_by = if allowed {
-        gcra::fewest_tokens(rates, &ahead, 0)
+        store::fewest_tokens(rates, &ahead, 0)
     } else {
         // The script names the denying limit (the conformance suite pins it to the rule).
         usize::try_from(value(1))
@@ -64,7 +64,7 @@ pub(crate) fn parse_reply(reply: &[i64], rates: &[Rate]) -> Result<(Decision, Ve
             .ok_or_else(bad)?
     };
     let verdict = Verdict::of(rates, &ahead, 0, decided_by, allowed, value(2), false);
-    Ok((Decision::from_verdict(&verdict, UNIT_NS), ahead))
+    Ok((store::decision(&verdict, UNIT_NS), ahead))
 }
 
 #[cfg(test)]
@@ -106,7 +106,7 @@ mod tests {
                 let policy = floodgate::Policy::parse("p", "1/s").unwrap();
                 for now in [0, 1_000_000, u64::MAX - 5] {
                     cache.record(&policy, "k", &rates, now, &ahead);
-                    let _ = cache.deny(&policy, "k", &rates, now.saturating_add(1), floodgate::gcra::Op::Acquire(1));
+                    let _ = cache.deny(&policy, "k", &rates, now.saturating_add(1), floodgate::store::Op::Acquire(1));
                 }
             }
             let _ = read_reply(redis::Value::Array(reply.iter().map(|&v| redis::Value::Int(v)).collect()), &rates);

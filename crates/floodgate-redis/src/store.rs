@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use floodgate::gcra::Op;
+use floodgate::store::{self, Op};
 use floodgate::{Clock, Decision, Error, Limit, MonotonicClock, Policy, Store};
 
 use crate::cache::DenyCache;
@@ -66,7 +66,7 @@ impl<C: Clock> RedisStore<C> {
 
     async fn decide(&self, policy: &Policy, key: &str, op: Op) -> Result<Decision, Error> {
         debug_assert!(op.is_validated_for(policy), "{op:?} reached the store");
-        let rates = policy.rates_us().ok_or_else(|| too_fast(policy))?;
+        let rates = store::rates_us(policy).ok_or_else(|| too_fast(policy))?;
         if let Some(cache) = &self.cache {
             if let Some(denied) = cache.deny(policy, key, rates, self.local_micros(), op) {
                 // Answered without I/O: still give way when the task's budget is spent, so a
@@ -176,7 +176,7 @@ fn too_fast(policy: &Policy) -> Error {
     let limit = policy
         .limits()
         .iter()
-        .find(|l| l.rate_in_unit(UNIT_NS).is_none())
+        .find(|l| store::rate_in_unit(l, UNIT_NS).is_none())
         .map_or_else(String::new, Limit::to_string);
     Error::InvalidLimit {
         limit,

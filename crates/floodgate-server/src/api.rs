@@ -263,23 +263,23 @@ fn store_failure(shared: &Shared, error: &Error) -> Response {
 }
 
 async fn check(State(shared): State<Arc<Shared>>, request: axum::extract::Request) -> Response {
-    decide(&shared, request, Decide::Check).await
+    decide(&shared, request, Endpoint::Check).await
 }
 
 async fn peek(State(shared): State<Arc<Shared>>, request: axum::extract::Request) -> Response {
-    decide(&shared, request, Decide::Peek).await
+    decide(&shared, request, Endpoint::Peek).await
 }
 
 /// What a decide request does.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Decide {
+enum Endpoint {
     /// Check and consume (`/v1/check`).
     Check,
     /// Report the state, consuming nothing (`/v1/peek`).
     Peek,
 }
 
-async fn decide(shared: &Shared, request: axum::extract::Request, op: Decide) -> Response {
+async fn decide(shared: &Shared, request: axum::extract::Request, op: Endpoint) -> Response {
     let (parts, body) = request.into_parts();
     let body = match read_body(shared, &parts.headers, body, body_timeout(shared)).await {
         Ok(body) => body,
@@ -294,7 +294,7 @@ async fn decide(shared: &Shared, request: axum::extract::Request, op: Decide) ->
     let clock = current.limiter.store().clock();
     let started = clock.now_nanos();
     let result = match op {
-        Decide::Check => {
+        Endpoint::Check => {
             current
                 .limiter
                 .check_n(&served.policy, &request.key, cost)
@@ -302,7 +302,7 @@ async fn decide(shared: &Shared, request: axum::extract::Request, op: Decide) ->
         }
         // The limiter's `peek` asks about one token; the cost a peek asks about is held to
         // the rule the limiter applies to a check, so both answer `422` alike.
-        Decide::Peek => match served.policy.check_cost(cost) {
+        Endpoint::Peek => match served.policy.check_cost(cost) {
             Ok(()) => current.limiter.peek(&served.policy, &request.key).await,
             Err(e) => Err(e),
         },
@@ -314,7 +314,7 @@ async fn decide(shared: &Shared, request: axum::extract::Request, op: Decide) ->
         Ok(decision) => decision,
         Err(e) => return store_failure(shared, &e),
     };
-    if op == Decide::Check {
+    if op == Endpoint::Check {
         served.counters.record(&decision, served.shadow);
         // Escaped: a key with a newline or terminal codes cannot forge log lines.
         tracing::debug!(policy = %served.policy.name(), key = %request.key.escape_debug(), allowed = decision.is_allowed(), "check");
@@ -326,9 +326,9 @@ async fn decide(shared: &Shared, request: axum::extract::Request, op: Decide) ->
         );
     }
     let allowed = match op {
-        Decide::Check => decision.is_allowed(),
+        Endpoint::Check => decision.is_allowed(),
         // Would `cost` pass now?
-        Decide::Peek => decision.is_allowed() && decision.remaining() >= u64::from(cost),
+        Endpoint::Peek => decision.is_allowed() && decision.remaining() >= u64::from(cost),
     };
     answer(served, &decision, allowed)
 }

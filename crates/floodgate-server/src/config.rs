@@ -12,13 +12,18 @@ use floodgate::{FailurePolicy, Policy};
 
 use crate::files;
 use crate::listener::{GrpcLimits, HttpLimits};
-use crate::rules::Domains;
 
+// The YAML loader is public for the fuzz targets and their property-test twins only.
+#[cfg(feature = "fuzzing")]
 pub mod envoy;
+#[cfg(not(feature = "fuzzing"))]
+#[allow(unreachable_pub, dead_code)] // `parse_domain` is the fuzz targets' entry point
+mod envoy;
 mod sections;
 mod toml_location;
 
-use envoy::LoadOptions;
+pub use crate::rules::{Domain, Domains};
+pub use envoy::{DEFAULT_MAX_FILE_BYTES, LoadOptions, MAX_FILE_BYTES_LIMIT, MAX_YAML_NODES};
 use sections::{
     RawConfig, envoy_section, parse_store_url, policies_section, server_section, store_section,
 };

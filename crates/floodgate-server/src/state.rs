@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use floodgate::FailurePolicy;
-use floodgate::gcra::Op;
+use floodgate::store::Op;
 use floodgate::{Decision, Error, MemoryStore, MonotonicClock, Policy, RateLimiter, Store};
 use floodgate_redis::RedisStore;
 use http::HeaderValue;

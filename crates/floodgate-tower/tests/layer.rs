@@ -282,7 +282,7 @@ impl Store for Broken {
         static CLOCK: std::sync::OnceLock<ManualClock> = std::sync::OnceLock::new();
         CLOCK.get_or_init(ManualClock::new)
     }
-    async fn apply(&self, _: &Policy, _: &str, _: floodgate::gcra::Op) -> Result<Decision, Error> {
+    async fn apply(&self, _: &Policy, _: &str, _: floodgate::store::Op) -> Result<Decision, Error> {
         Err(Error::store("connection refused"))
     }
     async fn reset(&self, _: &Policy, _: &str) -> Result<(), Error> {

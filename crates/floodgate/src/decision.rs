@@ -59,34 +59,56 @@ fn nanos(d: Duration) -> u64 {
 }
 
 impl Decision {
-    /// Builds a decision (for `Store` implementations). `retry_after` is forced to zero when
-    /// `allowed`.
-    pub fn new(
-        allowed: bool,
-        decided_by: usize,
-        limit: u64,
-        remaining: u64,
-        retry_after: Duration,
-        reset_after: Duration,
-    ) -> Self {
+    /// An allowance by the first limit, of capacity `limit` with `remaining` tokens left
+    /// and nothing to wait for (what a store that cannot compute the state answers, such as
+    /// a fail-open decision). [`decided_by`](Self::with_decided_by) and
+    /// [`reset_after`](Self::with_reset_after) can be set after.
+    pub fn allow(limit: u64, remaining: u64) -> Self {
         Decision {
-            allowed,
+            allowed: true,
             source: DecisionSource::Store,
-            decided_by,
+            decided_by: 0,
             limit,
             left: remaining,
             interval: 1,
-            retry_after: if allowed { 0 } else { nanos(retry_after) },
-            reset_after: nanos(reset_after),
+            retry_after: 0,
+            reset_after: 0,
             unit_ns: 1,
             exact: false,
         }
     }
 
-    /// Builds a decision from a [`gcra::evaluate`](crate::gcra::evaluate) verdict computed
-    /// in units of `unit_ns` nanoseconds.
+    /// A denial by the first limit, of capacity `limit`, that may be retried after
+    /// `retry_after` (its bucket full again then too, unless
+    /// [`with_reset_after`](Self::with_reset_after) says otherwise).
+    pub fn deny(limit: u64, retry_after: Duration) -> Self {
+        Decision {
+            allowed: false,
+            retry_after: nanos(retry_after),
+            reset_after: nanos(retry_after),
+            ..Decision::allow(limit, 0)
+        }
+    }
+
+    /// The same decision, decided by limit `index` of the policy.
+    #[must_use]
+    pub fn with_decided_by(mut self, index: usize) -> Self {
+        self.decided_by = index;
+        self
+    }
+
+    /// The same decision, with every limit full again after `reset_after` (rounded up to
+    /// the decision's time unit).
+    #[must_use]
+    pub fn with_reset_after(mut self, reset_after: Duration) -> Self {
+        self.reset_after = nanos(reset_after).div_ceil(self.unit_ns);
+        self
+    }
+
+    /// Builds a decision from a [`evaluate`](crate::store::evaluate) verdict computed in
+    /// units of `unit_ns` nanoseconds (public as [`store::decision`](crate::store::decision)).
     #[inline]
-    pub fn from_verdict(verdict: &Verdict, unit_ns: u64) -> Self {
+    pub(crate) fn from_verdict(verdict: &Verdict, unit_ns: u64) -> Self {
         Decision {
             allowed: verdict.allowed,
             source: DecisionSource::Store,

@@ -94,8 +94,10 @@ pub enum Op {
     Charge(u32),
 }
 
-/// The outcome of an [`Op`] on all limits of a policy, in the store's time unit.
+/// The outcome of an [`Op`] on all limits of a policy, in the store's time unit. Built by
+/// [`evaluate`], or by [`Verdict::of`] from state a store read back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Verdict {
     /// Whether the request was admitted (for `Charge`: whether it fit without debt).
     pub allowed: bool,

@@ -110,7 +110,7 @@
 //! store; any type implementing [`Store`](crate::Store) plugs into
 //! [`RateLimiter::new`](crate::RateLimiter::new), and the `floodgate-testkit` conformance
 //! suite states exactly what a store must do. A store implements one decision method,
-//! [`apply`](crate::Store::apply) with a [`gcra::Op`](crate::gcra::Op), plus `reset` and
+//! [`apply`](crate::Store::apply) with a [`store::Op`](crate::store::Op), plus `reset` and
 //! `clock`; costs reach it already validated by the facade.
 //!
 //! ## The server's connection bounds

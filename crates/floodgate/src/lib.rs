@@ -46,7 +46,7 @@ mod clock;
 mod decision;
 mod error;
 mod failure;
-pub mod gcra;
+mod gcra;
 pub mod guide;
 mod limit;
 mod limiter;

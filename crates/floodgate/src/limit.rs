@@ -138,7 +138,7 @@ impl Limit {
     /// The limit's emission interval and capacity in a unit of `unit_ns` nanoseconds, or
     /// `None` when rounding to that unit would lose more than 1% of the rate. Stores with a
     /// coarser clock than nanoseconds use this to reject limits they cannot represent.
-    pub fn rate_in_unit(&self, unit_ns: u64) -> Option<Rate> {
+    pub(crate) fn rate_in_unit(&self, unit_ns: u64) -> Option<Rate> {
         let period = self.period.as_nanos();
         let unit = u128::from(unit_ns.max(1));
         if period % unit != 0 {
@@ -316,11 +316,11 @@ impl Policy {
     /// Each limit's rate in microseconds ([`Limit::rate_in_unit`]`(1_000)`), computed once,
     /// for stores that count microseconds; `None` when some limit cannot be represented that
     /// way (see `rate_in_unit`).
-    pub fn rates_us(&self) -> Option<&[Rate]> {
+    pub(crate) fn rates_us(&self) -> Option<&[Rate]> {
         self.inner.rates_us.as_deref()
     }
     /// A stable, unkeyed 64-bit hash of the name, for stores to mix into their keyed hashes.
-    pub fn name_hash(&self) -> u64 {
+    pub(crate) fn name_hash(&self) -> u64 {
         self.inner.name_hash
     }
 }

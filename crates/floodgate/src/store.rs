@@ -1,10 +1,28 @@
 //! The seam between the [`RateLimiter`](crate::RateLimiter) facade and where bucket state
-//! lives.
+//! lives: the [`Store`] trait, and everything a store's author needs and nobody else does.
+//!
+//! A store keeps one "theoretical arrival time" (TAT) per limit and decides with
+//! [`evaluate`], pure integer arithmetic in the store's time unit (nanoseconds for the
+//! memory store, microseconds for Redis). With emission interval `T` and capacity `B`, the
+//! tolerance is `τ = B·T` and:
+//!
+//! ```text
+//! tat'      = max(tat, now) + c·T
+//! allowed   = tat' − now ≤ τ            (else denied, state unchanged)
+//! after     = tat' if allowed, else max(tat, now)
+//! remaining = ⌊(τ − (after − now)) / T⌋,  reset_after = after − now
+//! retry     = tat' − now − τ            (denied)
+//! ```
+//!
+//! A stored `tat ≤ now` is a full bucket, the same as no state at all, so such state may be
+//! dropped at any time. A store that computes elsewhere (a Lua script) reads its answer back
+//! into a [`Verdict`] with [`Verdict::of`], and either way turns it into a [`Decision`] with
+//! [`decision`]. Policies precompute their limits' rates: [`rates_ns`] and [`rates_us`].
 
 use std::future::Future;
 
-use crate::gcra::Op;
-use crate::{Clock, Decision, Error, Policy};
+pub use crate::gcra::{Op, Rate, Verdict, evaluate, fewest_tokens};
+use crate::{Clock, Decision, Error, Limit, Policy};
 
 pub(crate) mod memory;
 
@@ -78,8 +96,41 @@ pub trait Store: Send + Sync + 'static {
     }
 }
 
+/// The decision a [`Verdict`] computed in units of `unit_ns` nanoseconds stands for.
+#[inline]
+pub fn decision(verdict: &Verdict, unit_ns: u64) -> Decision {
+    Decision::from_verdict(verdict, unit_ns)
+}
+
+/// A stable, unkeyed 64-bit hash of `policy`'s name (computed once), for a store to mix into
+/// its own keyed hash.
+#[inline]
+pub fn name_hash(policy: &Policy) -> u64 {
+    policy.name_hash()
+}
+
+/// Each limit of `policy` in nanoseconds, computed once when the policy was built.
+#[inline]
+pub fn rates_ns(policy: &Policy) -> &[Rate] {
+    policy.rates_ns()
+}
+
+/// Each limit of `policy` in microseconds ([`rate_in_unit`] with 1 000 ns), computed once;
+/// `None` when some limit cannot be represented in whole microseconds within 1%.
+#[inline]
+pub fn rates_us(policy: &Policy) -> Option<&[Rate]> {
+    policy.rates_us()
+}
+
+/// `limit`'s emission interval and capacity in a unit of `unit_ns` nanoseconds, or `None`
+/// when rounding to that unit would lose more than 1% of the rate: a store with a coarser
+/// clock than nanoseconds refuses such limits.
+pub fn rate_in_unit(limit: &Limit, unit_ns: u64) -> Option<Rate> {
+    limit.rate_in_unit(unit_ns)
+}
+
 /// FNV-1a over `bytes`: stable across processes, platforms and versions (unlike `std`'s
-/// hashers), for names that key stored state ([`Policy::name_hash`], generated policy
+/// hashers), for names that key stored state ([`name_hash`], generated policy
 /// names). Not a defence against anything; stores key it with their own secret hash.
 pub fn stable_hash(bytes: impl IntoIterator<Item = u8>) -> u64 {
     bytes.into_iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {

@@ -7,7 +7,7 @@ use std::cell::Cell;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use floodgate::gcra::Op;
+use floodgate::store::Op;
 use floodgate::{Clock, Decision, Error, Limit, MemoryStore, MonotonicClock, Policy, Store};
 use floodgate_testkit::history::{self, Event};
 use floodgate_testkit::now_or_never;
@@ -139,14 +139,7 @@ impl Store for Leaky {
         let mut last = self.last_extra.lock().unwrap();
         if now - *last >= self.interval_ns {
             *last = now;
-            return Ok(Decision::new(
-                true,
-                0,
-                decision.limit(),
-                0,
-                Duration::ZERO,
-                Duration::ZERO,
-            ));
+            return Ok(Decision::allow(decision.limit(), 0));
         }
         Ok(decision)
     }
