@@ -27,6 +27,7 @@ pub fn parse_reply(reply: &[i64], limits: &[(u64, u64)]) {
             decision.next_token_after(),
         );
         if let Some(cache) = crate::cache::DenyCache::new(16) {
+            #[allow(clippy::panic)] // a constant policy: it always parses
             let policy = Policy::parse("fuzz", "1/s").unwrap_or_else(|e| panic!("{e}"));
             for now in [0, 1_000_000, u64::MAX - 5] {
                 cache.record(&policy, "k", &rates, now, &ahead);

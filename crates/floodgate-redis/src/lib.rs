@@ -46,6 +46,8 @@
 //! the stored TATs and reads them with the new rates (a throttled key stays throttled for at
 //! most its old debt). Rename the policy to start from full buckets.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 mod builder;
 mod cache;
 mod connection;

@@ -1,5 +1,7 @@
 //! Failure policies, the circuit breaker and recovery: Redis killed, restarted and paused.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking
+
 use std::time::{Duration, Instant};
 
 use floodgate::{DecisionSource, Error, Policy, RateLimiter};

@@ -10,6 +10,8 @@
 //! The worker processes are this test binary re-run with `history_worker`.
 //! `FLOODGATE_HISTORY_SECS` lengthens the run (default 4 s).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking
+
 use std::process::{Command, Stdio};
 use std::time::Duration;
 

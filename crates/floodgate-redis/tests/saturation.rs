@@ -7,6 +7,8 @@
 //!
 //! The worker processes are this test binary re-run with `saturation_worker`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking
+
 use std::process::{Command, Stdio};
 use std::time::Duration;
 

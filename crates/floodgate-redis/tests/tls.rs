@@ -1,6 +1,8 @@
 //! `rediss://` and `rediss+cluster://`: decisions over TLS to `redis-server`s of our own,
 //! with a private CA made by `openssl` for this test; a server whose certificate the store
 //! does not trust is refused.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking
 #![cfg(feature = "tls")]
 
 use std::net::TcpListener;

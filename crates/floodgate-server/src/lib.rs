@@ -24,8 +24,7 @@
 //! # Ok(()) }
 //! ```
 
-#![warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod api;
 pub mod config;

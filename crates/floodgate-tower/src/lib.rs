@@ -35,6 +35,8 @@
 //! # Ok(()) }
 //! ```
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 //! Every checked request increments the `metrics` counter `floodgate_decisions_total` (the
 //! name floodgate's server uses for the same count), labelled `policy` and `outcome`
 //! (`allowed`, `denied`, `shadow_denied`, and the layer's own `store_error_allowed`,

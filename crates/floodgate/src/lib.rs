@@ -38,9 +38,7 @@
 //! and `Policy` as rate notation. See the [`guide`] for the algorithm, the memory store's
 //! design and choosing a store.
 
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
-#![warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod clock;
 mod decision;
