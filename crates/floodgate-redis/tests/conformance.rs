@@ -1,26 +1,42 @@
 //! The shared conformance suite against a real `redis-server` of the test's own, driven by a
-//! manual clock through the test-only clock override.
+//! manual clock through the test-only clock override: one test per case, without and with
+//! the deny cache, and one run of the whole suite that checks every key it wrote expires.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking
 
 mod common;
 
+use floodgate::ManualClock;
+use floodgate_redis::RedisStore;
+use floodgate_testkit::conformance::Case;
 use floodgate_testkit::redis_server::RedisServer;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_store_passes_the_conformance_suite() {
-    suite(0).await;
+async fn on_a_fresh_server(case: Case<RedisStore<ManualClock>>, deny_cache: usize) {
+    let server = RedisServer::start();
+    case(common::harness(&server.url(), "case:", deny_cache).await).await;
+}
+
+async fn without_deny_cache(case: Case<RedisStore<ManualClock>>) {
+    on_a_fresh_server(case, 0).await;
 }
 
 /// With the deny cache, denials are answered locally: decisions must not change.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_store_with_its_deny_cache_passes_the_conformance_suite() {
-    suite(1_000).await;
+async fn with_deny_cache(case: Case<RedisStore<ManualClock>>) {
+    on_a_fresh_server(case, 1_000).await;
 }
 
-async fn suite(deny_cache: usize) {
+mod redis_store {
+    floodgate_testkit::conformance_tests!(super::without_deny_cache);
+}
+
+mod redis_store_with_deny_cache {
+    floodgate_testkit::conformance_tests!(super::with_deny_cache);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_key_the_suite_writes_expires() {
     let server = RedisServer::start();
-    common::conformance_suite(&server.url(), deny_cache).await;
+    common::conformance_suite(&server.url(), 0).await;
     // Every key written carries a TTL: PTTL is -1 for a key without one (-2 for a key that
     // has expired since the scan, 0 for one expiring right now).
     let keys = server.cli(&["--scan", "--pattern", "*fg1{*"]);

@@ -1,5 +1,6 @@
 //! The conformance suite: exact expectations every store must meet, driven by a
-//! [`ManualClock`]. Run it with [`run`], giving a factory for fresh stores.
+//! [`ManualClock`]. [`conformance_tests!`](crate::conformance_tests) makes one test per case
+//! for a store; [`run`] runs them all in one test.
 //!
 //! Every limit used here has an emission interval that is exact in both nanoseconds and
 //! microseconds, so stores with either unit decide identically.
@@ -19,47 +20,99 @@ pub struct Harness<S: Store> {
     pub resolution: Duration,
 }
 
-type Case<S> = fn(Harness<S>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+/// One case of the suite: runs against the harness it is given, panicking on a violation.
+pub type Case<S> =
+    fn(Harness<S>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 
-macro_rules! cases {
-    ($($name:ident),* $(,)?) => {
-        /// Every case of the suite, by name.
-        pub fn cases<S: Store>() -> Vec<(&'static str, Case<S>)> {
-            vec![$((stringify!($name), |h| Box::pin($name(h)))),*]
+/// Generates one `#[tokio::test]` per case of the suite, named after it, each calling
+/// `runner(case)`: an `async fn(Case<S>)` that builds a fresh harness (and whatever it needs,
+/// such as a `redis-server`), runs the case on it, and cleans up. Put each store's tests in
+/// a module of their own:
+///
+/// ```ignore
+/// async fn fresh(case: Case<MemoryStore<ManualClock>>) {
+///     let clock = ManualClock::new();
+///     case(Harness { limiter: Arc::new(RateLimiter::in_memory_with_clock(clock.clone())), clock,
+///                    resolution: Duration::from_nanos(1) }).await;
+/// }
+/// mod memory { floodgate_testkit::conformance_tests!(super::fresh); }
+/// ```
+///
+/// Each case is then a test of its own: a failure names it, the other cases still run, and
+/// `cargo test <case name>` runs one.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($runner:path) => {
+        $crate::__conformance_cases!(tests $runner);
+    };
+}
+
+/// The one list of the suite's cases, handed to [`__conformance_each`] in the mode given.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_cases {
+    ($mode:ident $($arg:tt)*) => {
+        $crate::__conformance_each! {
+            $mode [$($arg)*]
+            a_fresh_bucket_reports_the_state_after_the_charge,
+            peek_reports_the_state_now_and_consumes_nothing,
+            denies_after_the_burst_with_an_exact_retry_after,
+            a_denial_leaves_the_state_unchanged,
+            check_n_takes_cost_tokens,
+            cost_above_the_burst_is_an_error_and_charges_nothing,
+            zero_cost_is_an_error,
+            multi_limit_policies_are_all_or_nothing,
+            decided_by_follows_its_tie_rules,
+            reset_forgets_the_key,
+            keys_and_policies_are_independent,
+            charge_consumes_without_checking_and_caps_the_debt,
+            an_idle_bucket_admits_exactly_its_burst,
+            a_clock_stepping_back_lengthens_a_denial_by_the_step,
+            until_ready_completes_exactly_when_capacity_appears,
+            a_dropped_until_ready_charges_nothing,
+            until_ready_timeout_fails_at_once_when_the_wait_is_too_long,
+            next_token_after_is_the_time_until_one_whole_token
         }
     };
 }
 
-cases!(
-    a_fresh_bucket_reports_the_state_after_the_charge,
-    peek_reports_the_state_now_and_consumes_nothing,
-    denies_after_the_burst_with_an_exact_retry_after,
-    a_denial_leaves_the_state_unchanged,
-    check_n_takes_cost_tokens,
-    cost_above_the_burst_is_an_error_and_charges_nothing,
-    zero_cost_is_an_error,
-    multi_limit_policies_are_all_or_nothing,
-    decided_by_follows_its_tie_rules,
-    reset_forgets_the_key,
-    keys_and_policies_are_independent,
-    charge_consumes_without_checking_and_caps_the_debt,
-    an_idle_bucket_admits_exactly_its_burst,
-    a_clock_stepping_back_lengthens_a_denial_by_the_step,
-    until_ready_completes_exactly_when_capacity_appears,
-    a_dropped_until_ready_charges_nothing,
-    until_ready_timeout_fails_at_once_when_the_wait_is_too_long,
-    next_token_after_is_the_time_until_one_whole_token,
-);
+/// Expands the case list: as tests for a runner, or as `(name, case)` pairs.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __conformance_each {
+    (tests [$runner:path] $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                $runner(|h| ::std::boxed::Box::pin($crate::conformance::$case(h))).await;
+            }
+        )*
+    };
+    (list [] $($case:ident),* $(,)?) => {
+        vec![$((
+            stringify!($case),
+            (|h| ::std::boxed::Box::pin($crate::conformance::$case(h))) as $crate::conformance::Case<_>,
+        )),*]
+    };
+}
 
-/// Runs every case, each on a fresh store from `make`, and panics naming the first case
-/// that fails.
+/// Every case of the suite, by name.
+pub fn cases<S: Store>() -> Vec<(&'static str, Case<S>)> {
+    crate::__conformance_cases!(list)
+}
+
+/// Runs every case, each on a fresh store from `make`, and panics naming every case that
+/// failed (each failure's message is printed as it happens). For stores too costly to set
+/// up once per case (a Redis Cluster); others get one test per case from
+/// [`conformance_tests!`](crate::conformance_tests).
 pub async fn run<S: Store, F: std::future::Future<Output = Harness<S>>>(make: impl Fn() -> F) {
+    let mut failed = Vec::new();
     for (name, case) in cases::<S>() {
-        let outcome = tokio::spawn(case(make().await)).await;
-        if let Err(error) = outcome {
-            panic!("conformance case `{name}` failed: {error}");
+        if tokio::spawn(case(make().await)).await.is_err() {
+            failed.push(name);
         }
     }
+    assert!(failed.is_empty(), "conformance cases failed: {failed:?}");
 }
 
 fn policy(name: &str, text: &str) -> Policy {
@@ -105,7 +158,8 @@ async fn settle() {
     tokio::time::sleep(ms(50)).await;
 }
 
-async fn a_fresh_bucket_reports_the_state_after_the_charge<S: Store>(h: Harness<S>) {
+#[doc(hidden)]
+pub async fn a_fresh_bucket_reports_the_state_after_the_charge<S: Store>(h: Harness<S>) {
     let p = policy("free", "5/s burst 10");
     let d = check(&h, &p, "user:42").await;
     assert!(d.is_allowed());
@@ -121,7 +175,8 @@ async fn a_fresh_bucket_reports_the_state_after_the_charge<S: Store>(h: Harness<
     );
 }
 
-async fn peek_reports_the_state_now_and_consumes_nothing<S: Store>(h: Harness<S>) {
+#[doc(hidden)]
+pub async fn peek_reports_the_state_now_and_consumes_nothing<S: Store>(h: Harness<S>) {
     let p = policy("free", "5/s burst 10");
     for _ in 0..25 {
         let d = peek(&h, &p, "user:42").await;
@@ -140,7 +195,8 @@ async fn peek_reports_the_state_now_and_consumes_nothing<S: Store>(h: Harness<S>
     );
 }
 
-async fn denies_after_the_burst_with_an_exact_retry_after<S: Store>(h: Harness<S>) {
+#[doc(hidden)]
+pub async fn denies_after_the_burst_with_an_exact_retry_after<S: Store>(h: Harness<S>) {
     let p = policy("free", "5/s burst 10");
     for expected_left in (0..10).rev() {
         let d = check(&h, &p, "k").await;
@@ -167,7 +223,8 @@ async fn denies_after_the_burst_with_an_exact_retry_after<S: Store>(h: Harness<S
     );
 }
 
-async fn a_denial_leaves_the_state_unchanged<S: Store>(h: Harness<S>) {
+#[doc(hidden)]
+pub async fn a_denial_leaves_the_state_unchanged<S: Store>(h: Harness<S>) {
     let p = policy("free", "5/s burst 10");
     exhaust(&h, &p, "k").await;
     h.clock.advance(ms(300));
@@ -181,7 +238,8 @@ async fn a_denial_leaves_the_state_unchanged<S: Store>(h: Harness<S>) {
     assert_eq!((before.remaining(), before.reset_after()), (1, ms(1_700)));
 }
 
-async fn check_n_takes_cost_tokens<S: Store>(h: Harness<S>) {
+#[doc(hidden)]
+pub async fn check_n_takes_cost_tokens<S: Store>(h: Harness<S>) {
     let p = policy("free", "5/s burst 10");
     let d = check_n(&h, &p, "k", 3).await;
     assert!(d.is_allowed());
@@ -194,7 +252,8 @@ async fn check_n_takes_cost_tokens<S: Store>(h: Harness<S>) {
     assert_eq!((d.remaining(), d.reset_after()), (0, ms(2_000)));
 }
 
-async fn cost_above_the_burst_is_an_error_and_charges_nothing<S: Store>(h: Harness<S>) {
+#[doc(hidden)]
+pub async fn cost_above_the_burst_is_an_error_and_charges_nothing<S: Store>(h: Harness<S>) {
     let p = policy("free", "5/s burst 10; 1000/d burst 8");
     let error = h
         .limiter
@@ -219,7 +278,8 @@ async fn cost_above_the_burst_is_an_error_and_charges_nothing<S: Store>(h: Harne
     assert!(check_n(&h, &p, "k", 8).await.is_allowed());
 }
 
-async fn zero_cost_is_an_error<S: Store>(h: Harness<S>) {
+#[doc(hidden)]
+pub async fn zero_cost_is_an_error<S: Store>(h: Harness<S>) {
     let p = policy("free", "5/s");
     for result in [
         h.limiter.check_n(&p, "k", 0).await,
@@ -234,7 +294,8 @@ async fn zero_cost_is_an_error<S: Store>(h: Harness<S>) {
     assert_eq!(peek(&h, &p, "k").await.remaining(), 5);
 }
 
-async fn multi_limit_policies_are_all_or_nothing<S: Store>(h: Harness<S>) {
+#[doc(hidden)]
+pub async fn multi_limit_policies_are_all_or_nothing<S: Store>(h: Harness<S>) {
     // A: 6/h (600 s each), B: 4/s (250 ms each), C: 100/h (36 s each).
     let p = Policy::new(
         "tiers",
@@ -267,7 +328,8 @@ async fn multi_limit_policies_are_all_or_nothing<S: Store>(h: Harness<S>) {
     );
 }
 
-async fn decided_by_follows_its_tie_rules<S: Store>(h: Harness<S>) {
+#[doc(hidden)]
+pub async fn decided_by_follows_its_tie_rules<S: Store>(h: Harness<S>) {
     let equal = policy("equal", "10/s; 10/s");
     assert_eq!(check(&h, &equal, "k").await.decided_by(), 0);
     let fewer_second = policy("fewer", "10/s; 5/s");
@@ -286,7 +348,8 @@ async fn decided_by_follows_its_tie_rules<S: Store>(h: Harness<S>) {
     );
 }
 
-async fn reset_forgets_the_key<S: Store>(h: Harness<S>) {
+#[doc(hidden)]
+pub async fn reset_forgets_the_key<S: Store>(h: Harness<S>) {
     let p = policy("login", "5/m; 20/d");
     exhaust(&h, &p, "alice").await;
     exhaust(&h, &p, "bob").await;
@@ -306,7 +369,8 @@ async fn reset_forgets_the_key<S: Store>(h: Harness<S>) {
         .unwrap_or_else(|e| panic!("{e}"));
 }
 
-async fn keys_and_policies_are_independent<S: Store>(h: Harness<S>) {
+#[doc(hidden)]
+pub async fn keys_and_policies_are_independent<S: Store>(h: Harness<S>) {
     let p = policy("a", "2/s");
     let q = policy("b", "2/s");
     assert_eq!(exhaust(&h, &p, "k").await, 2);
@@ -317,7 +381,8 @@ async fn keys_and_policies_are_independent<S: Store>(h: Harness<S>) {
     assert_eq!(exhaust(&h, &p, &"x".repeat(10_000)).await, 2);
 }
 
-async fn charge_consumes_without_checking_and_caps_the_debt<S: Store>(h: Harness<S>) {
+#[doc(hidden)]
+pub async fn charge_consumes_without_checking_and_caps_the_debt<S: Store>(h: Harness<S>) {
     let p = policy("bytes", "5/s burst 10");
     let d = h
         .limiter
@@ -343,7 +408,8 @@ async fn charge_consumes_without_checking_and_caps_the_debt<S: Store>(h: Harness
     assert!(check(&h, &p, "k").await.is_allowed());
 }
 
-async fn an_idle_bucket_admits_exactly_its_burst<S: Store>(h: Harness<S>) {
+#[doc(hidden)]
+pub async fn an_idle_bucket_admits_exactly_its_burst<S: Store>(h: Harness<S>) {
     for burst in [1u32, 2, 5, 1000] {
         let p = Policy::new(format!("idle{burst}"), [Limit::per_second(burst)])
             .unwrap_or_else(|e| panic!("{e}"));
@@ -364,7 +430,8 @@ async fn an_idle_bucket_admits_exactly_its_burst<S: Store>(h: Harness<S>) {
     }
 }
 
-async fn a_clock_stepping_back_lengthens_a_denial_by_the_step<S: Store>(h: Harness<S>) {
+#[doc(hidden)]
+pub async fn a_clock_stepping_back_lengthens_a_denial_by_the_step<S: Store>(h: Harness<S>) {
     let p = policy("free", "5/s burst 10");
     h.clock.set(Duration::from_secs(10));
     exhaust(&h, &p, "k").await;
@@ -379,7 +446,8 @@ async fn a_clock_stepping_back_lengthens_a_denial_by_the_step<S: Store>(h: Harne
     assert!(check(&h, &p, "k").await.is_allowed());
 }
 
-async fn until_ready_completes_exactly_when_capacity_appears<S: Store>(h: Harness<S>) {
+#[doc(hidden)]
+pub async fn until_ready_completes_exactly_when_capacity_appears<S: Store>(h: Harness<S>) {
     let p = policy("jobs", "5/s burst 10");
     exhaust(&h, &p, "mailer").await;
     let waiter = {
@@ -403,7 +471,8 @@ async fn until_ready_completes_exactly_when_capacity_appears<S: Store>(h: Harnes
     assert_eq!(d.remaining(), 0);
 }
 
-async fn a_dropped_until_ready_charges_nothing<S: Store>(h: Harness<S>) {
+#[doc(hidden)]
+pub async fn a_dropped_until_ready_charges_nothing<S: Store>(h: Harness<S>) {
     let p = policy("jobs", "5/s burst 10");
     exhaust(&h, &p, "k").await;
     let waiter = {
@@ -418,7 +487,8 @@ async fn a_dropped_until_ready_charges_nothing<S: Store>(h: Harness<S>) {
     assert_eq!((d.is_allowed(), d.remaining()), (true, 1));
 }
 
-async fn until_ready_timeout_fails_at_once_when_the_wait_is_too_long<S: Store>(h: Harness<S>) {
+#[doc(hidden)]
+pub async fn until_ready_timeout_fails_at_once_when_the_wait_is_too_long<S: Store>(h: Harness<S>) {
     let p = policy("jobs", "5/s burst 10");
     exhaust(&h, &p, "k").await;
     let result = h.limiter.until_ready_timeout(&p, "k", 1, ms(199)).await;
@@ -441,7 +511,8 @@ async fn until_ready_timeout_fails_at_once_when_the_wait_is_too_long<S: Store>(h
     assert!(d.is_allowed());
 }
 
-async fn next_token_after_is_the_time_until_one_whole_token<S: Store>(h: Harness<S>) {
+#[doc(hidden)]
+pub async fn next_token_after_is_the_time_until_one_whole_token<S: Store>(h: Harness<S>) {
     let p = policy("tokens", "5/s burst 10");
     assert_eq!(check(&h, &p, "k").await.next_token_after(), Duration::ZERO);
     exhaust(&h, &p, "k").await;

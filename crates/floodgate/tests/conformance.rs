@@ -1,40 +1,48 @@
-//! The shared conformance suite, run against the memory store.
+//! The shared conformance suite against the memory store: one test per case, for a store
+//! with default settings and for one small enough that sweeps and growth happen during the
+//! cases.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use floodgate::{ManualClock, MemoryStore, RateLimiter};
-use floodgate_testkit::conformance::{self, Harness};
+use floodgate_testkit::conformance::{Case, Harness};
 
-fn fresh() -> Harness<MemoryStore<ManualClock>> {
-    let clock = ManualClock::new();
+fn harness(
+    store: MemoryStore<ManualClock>,
+    clock: ManualClock,
+) -> Harness<MemoryStore<ManualClock>> {
     Harness {
-        limiter: Arc::new(RateLimiter::in_memory_with_clock(clock.clone())),
+        limiter: Arc::new(RateLimiter::new(store)),
         clock,
         resolution: Duration::from_nanos(1),
     }
 }
 
-#[tokio::test]
-async fn memory_store_passes_the_conformance_suite() {
-    conformance::run(|| async { fresh() }).await;
+async fn default_store(case: Case<MemoryStore<ManualClock>>) {
+    let clock = ManualClock::new();
+    case(harness(
+        MemoryStore::builder().clock(clock.clone()).build(),
+        clock,
+    ))
+    .await;
 }
 
-#[tokio::test]
-async fn a_tiny_memory_store_passes_the_conformance_suite() {
-    // Small enough that sweeps and growth happen during the cases, big enough that no
-    // case's keys are evicted.
-    conformance::run(|| async {
-        let clock = ManualClock::new();
-        let store = MemoryStore::builder()
-            .clock(clock.clone())
-            .max_keys(64)
-            .build();
-        Harness {
-            limiter: Arc::new(RateLimiter::new(store)),
-            clock,
-            resolution: Duration::from_nanos(1),
-        }
-    })
-    .await;
+/// Small enough that sweeps and growth happen during the cases, big enough that no case's
+/// keys are evicted.
+async fn tiny_store(case: Case<MemoryStore<ManualClock>>) {
+    let clock = ManualClock::new();
+    let store = MemoryStore::builder()
+        .clock(clock.clone())
+        .max_keys(64)
+        .build();
+    case(harness(store, clock)).await;
+}
+
+mod memory_store {
+    floodgate_testkit::conformance_tests!(super::default_store);
+}
+
+mod tiny_memory_store {
+    floodgate_testkit::conformance_tests!(super::tiny_store);
 }
