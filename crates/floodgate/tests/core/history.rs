@@ -3,8 +3,6 @@
 //! respect `B + ⌊r·Δ⌋`. The checker itself must catch two broken stores: one that admits an
 //! extra token per refill interval, and one that trusts each client's skewed clock.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking
-
 use std::cell::Cell;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};

@@ -1,7 +1,5 @@
 //! The Redis store on the server's own clock, under script-cache loss, and with bad input.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking
-
 use std::time::{Duration, Instant};
 
 use floodgate::{Error, Limit, Policy, RateLimiter};

@@ -1,9 +1,7 @@
 //! The HTTP JSON API's contract: every endpoint and every status, on the memory store and on a
 //! spawned Redis.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking
-
-mod common;
+use crate::common;
 
 use common::{Reply, TempDir, get, post, request};
 use floodgate_server::{Options, Running, start};

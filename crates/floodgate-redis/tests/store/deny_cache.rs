@@ -1,8 +1,6 @@
 //! The local deny cache: denials answered without a round trip, invalidated by local
 //! resets, bounded staleness for resets made elsewhere.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking
-
 use std::time::Duration;
 
 use floodgate::{DecisionSource, ManualClock, Policy, RateLimiter};

@@ -1,8 +1,6 @@
 //! Bounded memory without housekeeping: full buckets are swept as the store fills, and at
 //! the cap the entries nearest to full go first, so a flood cannot free a throttled key.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking
-
 use std::time::Duration;
 
 use floodgate::{Error, ManualClock, MemoryStore, Policy, RateLimiter};
@@ -57,7 +55,7 @@ fn a_flood_of_a_million_keys_keeps_the_cap_and_the_victim_throttled() {
 }
 
 /// Ten million keys: about 5 s in release mode on a 2-core VM. Run with
-/// `cargo test --release -p floodgate --test memory_bounds -- --ignored`.
+/// `cargo test --release -p floodgate --test core memory_bounds:: -- --ignored`.
 #[test]
 #[ignore = "long: ten million keys"]
 fn a_flood_of_ten_million_keys_keeps_the_cap_and_the_victim_throttled() {

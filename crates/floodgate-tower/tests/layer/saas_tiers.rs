@@ -1,8 +1,6 @@
 //! The `saas_tiers` example: plans by API key, 401 for strangers, 429 with headers.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking
-
-#[path = "../examples/saas_tiers.rs"]
+#[path = "../../examples/saas_tiers.rs"]
 #[allow(dead_code)]
 mod example;
 

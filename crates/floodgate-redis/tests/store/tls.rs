@@ -2,7 +2,6 @@
 //! with a private CA made by `openssl` for this test; a server whose certificate the store
 //! does not trust is refused.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking
 #![cfg(feature = "tls")]
 
 use std::net::TcpListener;

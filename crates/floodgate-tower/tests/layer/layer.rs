@@ -1,7 +1,5 @@
 //! The layer end to end on a tower service: statuses, headers, bodies, keys and outcomes.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking
-
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;

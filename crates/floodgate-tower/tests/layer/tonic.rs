@@ -1,8 +1,6 @@
 //! A real tonic service behind the layer: gRPC's health check, denied with
 //! RESOURCE_EXHAUSTED once over its limit.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking
-
 use std::sync::Arc;
 
 use bytes::Bytes;

@@ -2,9 +2,7 @@
 //! manual clock through the test-only clock override: one test per case, without and with
 //! the deny cache, and one run of the whole suite that checks every key it wrote expires.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking
-
-mod common;
+use crate::common;
 
 use floodgate::ManualClock;
 use floodgate_redis::RedisStore;

@@ -1,7 +1,7 @@
 //! The `job_throttle` example on tokio's paused clock: the upstream never sees more than its
 //! limit, and when it is stricter than the workers believed, they back off as it says.
 
-#[path = "../examples/job_throttle.rs"]
+#[path = "../../examples/job_throttle.rs"]
 #[allow(dead_code)]
 mod example;
 

@@ -2,9 +2,7 @@
 //! ones fail with a message naming the problem) and `ShouldRateLimit` round trips with a tonic
 //! client, on the memory store and on Redis.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking
-
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

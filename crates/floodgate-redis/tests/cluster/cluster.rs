@@ -2,9 +2,7 @@
 //! attacker-chosen keys, and decisions that follow a slot migration (ASK, then MOVED)
 //! without losing or replaying state.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking
-
-mod common;
+use crate::common;
 
 use floodgate::{Policy, RateLimiter};
 use floodgate_redis::RedisStore;

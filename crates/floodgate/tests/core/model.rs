@@ -1,8 +1,6 @@
 //! Reference-model property tests: random histories against a plain token-bucket model,
 //! with zero tolerance.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking
-
 use std::time::Duration;
 
 use floodgate::{Decision, Error, Limit, ManualClock, MemoryStore, Policy, RateLimiter};

@@ -1,8 +1,6 @@
 //! The header fields parse as RFC 9651 lists and say what the decision says; spoofed and
 //! rotated client addresses cannot mint buckets.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking
-
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
