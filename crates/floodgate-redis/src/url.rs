@@ -100,6 +100,10 @@ mod tests {
         assert_eq!(redact_url("redis://s3cret@host"), "redis://***@host");
         assert_eq!(redact_url("redis://host:6379"), "redis://host:6379");
         assert_eq!(
+            redact_url("redis+cluster://u:p@a:1,u:p@b:2"),
+            "redis+cluster://u:***@a:1,u:***@b:2"
+        );
+        assert_eq!(
             sanitize("failed: s3cret rejected", "redis://u:s3cret@h"),
             "failed: *** rejected"
         );
