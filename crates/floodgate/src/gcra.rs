@@ -123,6 +123,7 @@ impl Verdict {
     /// (the state to report: after the op when it was written). `reset_after` is the time
     /// until every limit is full again. For a store that reads the state back from
     /// elsewhere, TATs relative to the decision time with `now = 0` work as well.
+    #[inline]
     pub fn of(
         rates: &[Rate],
         tats: &[u64],

@@ -210,6 +210,7 @@ impl<C: Clock> MemoryStore<C> {
     }
 
     /// Runs `op` for `(policy, key)` at the store's current time.
+    #[inline]
     fn run(&self, policy: &Policy, key: &str, op: Op) -> Decision {
         let (shard, hash) = self.locate(policy, key);
         let now = self.inner.clock.now_nanos();
@@ -304,6 +305,7 @@ impl<C: Clock> Store for MemoryStore<C> {
         &self.inner.clock
     }
 
+    #[inline]
     async fn apply(&self, policy: &Policy, key: &str, op: Op) -> Result<Decision, Error> {
         debug_assert!(op.is_validated_for(policy), "{op:?} reached the store");
         Ok(self.run(policy, key, op))

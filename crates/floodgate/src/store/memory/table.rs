@@ -44,6 +44,7 @@ impl Table {
         }
     }
 
+    #[inline]
     pub(super) fn mask(&self) -> usize {
         self.slots.len() - 1
     }
@@ -66,6 +67,7 @@ impl Table {
     }
 
     /// The TAT of `fingerprint`, reading an absent one as full since the last sweep.
+    #[inline]
     pub(super) fn tat_of(&self, fingerprint: u64) -> u64 {
         self.find(fingerprint)
             .map_or(self.swept_at, |slot| self.slots[slot].tat)
@@ -74,6 +76,7 @@ impl Table {
     /// Stores the TATs of all limits of one key. If some are new, the key's entries are
     /// taken out first and room is made for all of them at once, so making room (sweeping,
     /// evicting) can never drop an entry this very write is storing.
+    #[inline]
     pub(super) fn store_all(&mut self, fingerprints: &[u64], tats: &[u64], now: u64) {
         if fingerprints.iter().all(|&fp| self.find(fp).is_some()) {
             for (&fp, &tat) in fingerprints.iter().zip(tats) {
@@ -93,6 +96,7 @@ impl Table {
     }
 
     /// Inserts an absent `fingerprint`, making room first.
+    #[inline]
     pub(super) fn insert(&mut self, fingerprint: u64, tat: u64, now: u64) {
         self.reserve(now, 1);
         self.insert_reserved(fingerprint, tat);
@@ -100,6 +104,7 @@ impl Table {
 
     /// Inserts an absent `fingerprint` into room made by an earlier [`reserve`](Self::reserve)
     /// (which must have counted it).
+    #[inline]
     pub(super) fn insert_reserved(&mut self, fingerprint: u64, tat: u64) {
         let slot = self.empty_slot_for(fingerprint);
         self.slots[slot] = Slot { fingerprint, tat };
@@ -108,6 +113,7 @@ impl Table {
     }
 
     /// The first empty slot on `fingerprint`'s probe path.
+    #[inline]
     pub(super) fn empty_slot_for(&self, fingerprint: u64) -> usize {
         let mask = self.mask();
         let mut i = fingerprint as usize & mask;
