@@ -85,11 +85,11 @@ async fn the_redis_store_stays_flat_under_a_long_saturating_load() {
     }
     let keys: u64 = server.cli(&["DBSIZE"]).trim().parse().unwrap();
     assert_eq!(keys, KEYS, "every key exists, none twice");
-    let redis = soak::judge(&redis_samples, 0.10, 0.5)
+    let redis = soak::judge(&redis_samples, 0.10, soak::MIN_RATE_RATIO)
         .unwrap_or_else(|e| panic!("Redis: {e}\n{redis_samples:?}"));
     eprintln!("Redis used_memory: {redis}");
     if soak::resident_bytes().is_some() {
-        let process = soak::judge(&process_samples, 0.10, 0.5)
+        let process = soak::judge(&process_samples, 0.10, soak::MIN_RATE_RATIO)
             .unwrap_or_else(|e| panic!("client process: {e}\n{process_samples:?}"));
         eprintln!("client process: {process}");
     }

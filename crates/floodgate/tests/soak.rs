@@ -54,7 +54,8 @@ fn the_memory_store_stays_flat_under_a_long_saturating_load() {
         stop.store(true, Ordering::Relaxed);
         samples
     });
-    let verdict = soak::judge(&samples, 0.10, 0.5).unwrap_or_else(|e| panic!("{e}\n{samples:?}"));
+    let verdict = soak::judge(&samples, 0.10, soak::MIN_RATE_RATIO)
+        .unwrap_or_else(|e| panic!("{e}\n{samples:?}"));
     eprintln!(
         "memory store soak ({run:?}, {} keys live): {verdict}",
         store.len()
