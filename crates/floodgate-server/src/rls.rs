@@ -134,13 +134,13 @@ impl Rls {
 
     /// One matched descriptor's status, and for a bucket the decision it made and whether
     /// it passed (the response headers report one of them).
-    async fn descriptor(
+    async fn descriptor<'r>(
         shared: &Shared,
         served: &Served,
-        rule: &Rule,
+        rule: &'r Rule,
         bucket: &str,
         hits: u64,
-    ) -> Result<(DescriptorStatus, Option<(Policy, Decision, bool)>), Status> {
+    ) -> Result<(DescriptorStatus, Option<(&'r Policy, Decision, bool)>), Status> {
         let policy = match &rule.action {
             Action::Unlimited => {
                 let status = DescriptorStatus {
@@ -199,7 +199,7 @@ impl Rls {
             limit_remaining: u32::try_from(decision.remaining()).unwrap_or(u32::MAX),
             duration_until_reset: Some(proto_duration(decision.reset_after())),
         };
-        Ok((status, Some((policy.clone(), decision, allowed))))
+        Ok((status, Some((policy, decision, allowed))))
     }
 }
 
@@ -264,7 +264,7 @@ impl RateLimitService for Rls {
                     }
                 };
                 if replace && !rule.shadow {
-                    shown = Some((policy, decision));
+                    shown = Some((policy.clone(), decision));
                 }
             }
             over |= status.code == Code::OverLimit as i32;

@@ -214,3 +214,57 @@ impl fmt::Debug for Decision {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn named_constructors_say_what_they_build() {
+        let open = Decision::allow(10, 4);
+        assert!(open.is_allowed());
+        assert_eq!(
+            (open.decided_by(), open.limit(), open.remaining()),
+            (0, 10, 4)
+        );
+        assert_eq!(
+            (open.retry_after(), open.reset_after()),
+            (Duration::ZERO, Duration::ZERO)
+        );
+
+        let closed = Decision::deny(10, Duration::from_millis(250))
+            .with_decided_by(1)
+            .with_reset_after(Duration::from_secs(2));
+        assert!(!closed.is_allowed());
+        assert_eq!(
+            (closed.decided_by(), closed.limit(), closed.remaining()),
+            (1, 10, 0)
+        );
+        assert_eq!(closed.retry_after(), Duration::from_millis(250));
+        assert_eq!(closed.reset_after(), Duration::from_secs(2));
+        assert_eq!(
+            Decision::deny(1, Duration::from_millis(7)).reset_after(),
+            Duration::from_millis(7),
+            "a denial's bucket is full again when it may be retried, unless told otherwise"
+        );
+    }
+
+    #[test]
+    fn reset_after_is_kept_in_the_decisions_own_unit() {
+        // A decision computed in microseconds: a reset set in nanoseconds rounds up to a µs
+        // and leaves the retry unchanged.
+        let verdict = crate::gcra::Verdict::of(
+            &[crate::gcra::Rate::new(1_000, 1)],
+            &[2_000],
+            0,
+            0,
+            false,
+            500,
+            false,
+        );
+        let decision =
+            Decision::from_verdict(&verdict, 1_000).with_reset_after(Duration::from_nanos(1_500));
+        assert_eq!(decision.retry_after(), Duration::from_micros(500));
+        assert_eq!(decision.reset_after(), Duration::from_micros(2));
+    }
+}
