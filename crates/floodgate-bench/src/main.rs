@@ -237,7 +237,7 @@ fn bytes_per_key(keys: &[String]) -> Vec<(Peer, f64)> {
         .collect()
 }
 
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|info| {
@@ -248,10 +248,35 @@ fn machine() -> String {
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     format!(
-        "{cpu}, {cores} cores, {} {}",
+        "{cpu}, {cores} logical CPUs ({}), {} {}",
+        topology(),
         std::env::consts::OS,
         std::env::consts::ARCH
     )
+}
+
+/// `lscpu`'s threads per core, cores per socket and sockets: whether two logical CPUs are
+/// SMT siblings sharing one core or separate cores.
+fn topology() -> String {
+    let output = std::process::Command::new("lscpu").output();
+    let text = output
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim_start_matches(':').trim().to_owned())
+    };
+    match (
+        field("Thread(s) per core"),
+        field("Core(s) per socket"),
+        field("Socket(s)"),
+    ) {
+        (Some(threads), Some(cores), Some(sockets)) => format!(
+            "lscpu: {threads} thread(s) per core, {cores} core(s) per socket, {sockets} socket(s)"
+        ),
+        _ => "topology unknown: lscpu unavailable".into(),
+    }
 }
 
 struct Cell {

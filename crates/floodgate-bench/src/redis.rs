@@ -30,6 +30,63 @@ struct Sample {
     ops: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// Redis's `used_cpu_user + used_cpu_sys` per decision, µs.
+    cpu_us: f64,
+    /// `INFO commandstats` EVALSHA time per decision, µs.
+    evalsha_us: f64,
+    /// Decisions per script call.
+    batch: f64,
+}
+
+/// Redis's CPU seconds so far and its EVALSHA time (µs) and calls since the last
+/// `CONFIG RESETSTAT`.
+fn redis_cpu(server: &RedisServer) -> (f64, f64, f64) {
+    let cpu = server.cli(&["INFO", "cpu"]);
+    let field = |name: &str| -> f64 {
+        cpu.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let seconds = field("used_cpu_user:") + field("used_cpu_sys:");
+    let stats = server.cli(&["INFO", "commandstats"]);
+    let evalsha = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:"))
+        .unwrap_or_default();
+    let value = |name: &str| -> f64 {
+        evalsha
+            .split(',')
+            .find_map(|kv| kv.strip_prefix(name))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    (seconds, value("usec="), value("calls="))
+}
+
+/// Runs `cell` with Redis's CPU accounted: the sample, with its per-decision Redis CPU
+/// figures filled in from `decisions(sample, evalsha calls)`.
+fn measured(server: &RedisServer, cell: impl FnOnce() -> (Sample, Option<u64>)) -> Sample {
+    server.cli(&["CONFIG", "RESETSTAT"]);
+    let (cpu_before, _, _) = redis_cpu(server);
+    let (mut sample, decisions) = cell();
+    let (cpu_after, evalsha_us, calls) = redis_cpu(server);
+    // redis-benchmark: one decision per EVALSHA; floodgate: what its store counted.
+    let decisions = decisions.map_or(calls, |d| d as f64);
+    sample.cpu_us = (cpu_after - cpu_before) * 1e6 / decisions;
+    sample.evalsha_us = evalsha_us / decisions;
+    sample.batch = decisions / calls;
+    sample
+}
+
+/// One floodgate configuration of the table.
+#[derive(Clone, Copy)]
+struct Setup {
+    depth: usize,
+    batching: bool,
+    connections: usize,
+    /// Random keys drawn from this many.
+    keys: u64,
 }
 
 pub(crate) fn run(runs: usize, millis: u64) {
@@ -40,26 +97,80 @@ pub(crate) fn run(runs: usize, millis: u64) {
         .unwrap_or_else(|e| panic!("{e}"));
     let sha = server.cli(&["SCRIPT", "LOAD", MINIMAL_GCRA]);
     println!(
-        "redis-server {} on 127.0.0.1, client and server on this machine\n",
+        "redis-server {} on 127.0.0.1, client and server on this machine ({})\n",
         server
             .cli(&["INFO", "server"])
             .lines()
             .find_map(|l| l.strip_prefix("redis_version:"))
-            .unwrap_or("?")
+            .unwrap_or("?"),
+        crate::machine()
     );
 
-    let mut one = Vec::new();
-    let mut four = Vec::new();
+    let setups = [
+        Setup {
+            depth: DEPTH,
+            batching: true,
+            connections: 1,
+            keys: KEYS,
+        },
+        Setup {
+            depth: DEPTH,
+            batching: false,
+            connections: 1,
+            keys: KEYS,
+        },
+        Setup {
+            depth: 256,
+            batching: true,
+            connections: 1,
+            keys: KEYS,
+        },
+        Setup {
+            depth: 256,
+            batching: false,
+            connections: 1,
+            keys: KEYS,
+        },
+        Setup {
+            depth: DEPTH,
+            batching: false,
+            connections: 4,
+            keys: KEYS,
+        },
+        Setup {
+            depth: DEPTH,
+            batching: true,
+            connections: 1,
+            keys: 1,
+        },
+        Setup {
+            depth: DEPTH,
+            batching: false,
+            connections: 1,
+            keys: 1,
+        },
+    ];
+    let mut ours: Vec<Vec<Sample>> = setups.iter().map(|_| Vec::new()).collect();
     let mut same_depth = Vec::new();
     let mut ceiling = Vec::new();
     let mut cached = Vec::new();
     let mut uncached = Vec::new();
     for run in 0..runs {
         eprintln!("redis run {}/{runs}", run + 1);
-        same_depth.push(redis_benchmark(&server, &sha, 4, millis));
-        one.push(runtime.block_on(floodgate_checks(&server.url(), 1, millis)));
-        four.push(runtime.block_on(floodgate_checks(&server.url(), 4, millis)));
-        ceiling.push(redis_benchmark(&server, &sha, 50, millis));
+        same_depth.push(measured(&server, || {
+            (redis_benchmark(&server, &sha, 4, millis), None)
+        }));
+        for (setup, samples) in setups.iter().zip(&mut ours) {
+            samples.push(measured(&server, || {
+                runtime.block_on(floodgate_checks(&server.url(), *setup, millis))
+            }));
+            if setup.depth == DEPTH && setup.batching {
+                // Interleaved: the ceiling between our cells.
+                ceiling.push(measured(&server, || {
+                    (redis_benchmark(&server, &sha, 50, millis), None)
+                }));
+            }
+        }
         let (with, without) = runtime.block_on(deny_cache(&server.url(), millis));
         cached.push(with);
         uncached.push(without);
@@ -68,53 +179,80 @@ pub(crate) fn run(runs: usize, millis: u64) {
         let mut v: Vec<f64> = samples.iter().map(f).collect();
         crate::median(&mut v)
     };
-    println!("| client | in flight | decisions/s | p50 | p99 | vs same depth |");
-    println!("|:---|---:|---:|---:|---:|---:|");
+    println!(
+        "| client | in flight | decisions/s | p50 | p99 | decisions / call | Redis CPU / decision | EVALSHA µs / decision | vs same depth |"
+    );
+    println!("|:---|---:|---:|---:|---:|---:|---:|---:|---:|");
     let base = med(&same_depth, |s| s.ops);
-    for (name, depth, samples) in [
-        (
-            "floodgate `RedisStore` via `RateLimiter`, one thread, 1 connection (default)",
-            "64",
-            &one,
-        ),
-        (
-            "floodgate `RedisStore` via `RateLimiter`, one thread, `connections(4)`",
-            "64",
-            &four,
-        ),
-        (
-            "redis-benchmark, minimal GCRA `EVALSHA` (-c 4 -P 16)",
-            "64",
-            &same_depth,
-        ),
-        (
-            "redis-benchmark, minimal GCRA `EVALSHA` (-c 50 -P 16)",
-            "800",
-            &ceiling,
-        ),
-    ] {
+    let names: Vec<String> = setups
+        .iter()
+        .map(|s| {
+            format!(
+                "floodgate `RedisStore` via `RateLimiter`, one thread, {}, batching {}{}",
+                if s.connections == 1 {
+                    "1 connection".to_owned()
+                } else {
+                    format!("`connections({})`", s.connections)
+                },
+                if s.batching { "on (default)" } else { "off" },
+                if s.keys == 1 { ", **one hot key**" } else { "" }
+            )
+        })
+        .collect();
+    let mut rows: Vec<(&str, String, &[Sample])> = setups
+        .iter()
+        .zip(&names)
+        .zip(&ours)
+        .map(|((setup, name), samples)| (name.as_str(), setup.depth.to_string(), &samples[..]))
+        .collect();
+    rows.push((
+        "redis-benchmark, minimal GCRA `EVALSHA` (-c 4 -P 16)",
+        "64".into(),
+        &same_depth,
+    ));
+    rows.push((
+        "redis-benchmark, minimal GCRA `EVALSHA` (-c 50 -P 16)",
+        "800".into(),
+        &ceiling,
+    ));
+    for (name, depth, samples) in rows {
         let ops = med(samples, |s| s.ops);
         println!(
-            "| {name} | {depth} | {} | {:.3} ms | {:.3} ms | **{:.2}×** |",
+            "| {name} | {depth} | {} | {:.3} ms | {:.3} ms | {:.1} | {:.2} µs | {:.2} µs | **{:.2}×** |",
             crate::human(ops),
             med(samples, |s| s.p50_ms),
             med(samples, |s| s.p99_ms),
+            med(samples, |s| s.batch),
+            med(samples, |s| s.cpu_us),
+            med(samples, |s| s.evalsha_us),
             ops / base
         );
     }
-    let ratio = |ours: &[Sample]| {
-        let mut ratios: Vec<f64> = ours
-            .iter()
-            .zip(&same_depth)
-            .map(|(f, r)| f.ops / r.ops)
-            .collect();
+    let ratio = |ours: &[Sample], peer: &[Sample], f: fn(&Sample) -> f64| {
+        let mut ratios: Vec<f64> = ours.iter().zip(peer).map(|(a, b)| f(a) / f(b)).collect();
         crate::median(&mut ratios)
     };
+    println!("\nMedians of per-run ratios:");
     println!(
-        "\nfloodgate / same-depth redis-benchmark, median of per-run ratios: **{:.2}×** with 1 \
-         connection, **{:.2}×** with 4",
-        ratio(&one),
-        ratio(&four)
+        "- batching on, 64 in flight / redis-benchmark at the same depth: **{:.2}×** decisions/s; p99 against batching off: {:.2}×",
+        ratio(&ours[0], &same_depth, |s| s.ops),
+        ratio(&ours[0], &ours[1], |s| s.p99_ms)
+    );
+    println!(
+        "- batching on, 256 in flight / redis-benchmark's ceiling (-c 50 -P 16): **{:.2}×**",
+        ratio(&ours[2], &ceiling, |s| s.ops)
+    );
+    println!(
+        "- batching off, 64 in flight / same depth: {:.2}×; 256 in flight / ceiling: {:.2}×",
+        ratio(&ours[1], &same_depth, |s| s.ops),
+        ratio(&ours[3], &ceiling, |s| s.ops)
+    );
+    println!(
+        "- Redis CPU per decision, batching on (64) / the minimal script's per call: **{:.2}×** (used_cpu), **{:.2}×** (EVALSHA µs); batching off: {:.2}×, {:.2}×",
+        ratio(&ours[0], &same_depth, |s| s.cpu_us),
+        ratio(&ours[0], &same_depth, |s| s.evalsha_us),
+        ratio(&ours[1], &same_depth, |s| s.cpu_us),
+        ratio(&ours[1], &same_depth, |s| s.evalsha_us)
     );
 
     let mut gains: Vec<f64> = cached.iter().zip(&uncached).map(|(c, u)| c / u).collect();
@@ -135,11 +273,12 @@ pub(crate) fn run(runs: usize, millis: u64) {
     }
 }
 
-/// 64 checks in flight from one thread over `connections`, random keys, a mostly-allowed
-/// limit.
-async fn floodgate_checks(url: &str, connections: usize, millis: u64) -> Sample {
+/// `setup.depth` checks in flight from one thread, random keys, a mostly-allowed limit;
+/// the sample and the decisions the store sent to Redis.
+async fn floodgate_checks(url: &str, setup: Setup, millis: u64) -> (Sample, Option<u64>) {
     let store = RedisStore::builder(url)
-        .connections(connections)
+        .connections(setup.connections)
+        .batching(setup.batching)
         .deny_cache(0)
         .timeout(Duration::from_secs(2))
         .build()
@@ -153,7 +292,8 @@ async fn floodgate_checks(url: &str, connections: usize, millis: u64) -> Sample 
     let started = Instant::now();
     let local = tokio::task::LocalSet::new();
     let mut tasks = Vec::new();
-    for task in 0..DEPTH {
+    let sent = limiter.store().stats().decisions;
+    for task in 0..setup.depth {
         let (limiter, policy) = (limiter.clone(), policy.clone());
         tasks.push(local.spawn_local(async move {
             let mut latencies = Vec::new();
@@ -162,7 +302,7 @@ async fn floodgate_checks(url: &str, connections: usize, millis: u64) -> Sample 
                 rng ^= rng << 13;
                 rng ^= rng >> 7;
                 rng ^= rng << 17;
-                let key = format!("user:{}", rng % KEYS);
+                let key = format!("user:{}", rng % setup.keys);
                 let sent = Instant::now();
                 let _ = limiter.check(&policy, &key).await;
                 latencies.push(sent.elapsed().as_secs_f64() * 1e3);
@@ -186,11 +326,15 @@ async fn floodgate_checks(url: &str, connections: usize, millis: u64) -> Sample 
             .copied()
             .unwrap_or(f64::NAN)
     };
-    Sample {
+    let sample = Sample {
         ops,
         p50_ms: at(0.5),
         p99_ms: at(0.99),
-    }
+        cpu_us: f64::NAN,
+        evalsha_us: f64::NAN,
+        batch: f64::NAN,
+    };
+    (sample, Some(limiter.store().stats().decisions - sent))
 }
 
 /// `redis-benchmark` running the minimal script with EVALSHA, 16-deep pipelines.
@@ -230,6 +374,9 @@ fn redis_benchmark(server: &RedisServer, sha: &str, clients: usize, millis: u64)
         ops: fields.first().copied().unwrap_or(f64::NAN),
         p50_ms: fields.get(3).copied().unwrap_or(f64::NAN),
         p99_ms: fields.get(5).copied().unwrap_or(f64::NAN),
+        cpu_us: f64::NAN,
+        evalsha_us: f64::NAN,
+        batch: f64::NAN,
     }
 }
 

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use floodgate::{Clock, Error, FailurePolicy, ManualClock, MonotonicClock};
 
+use crate::batch::{Batcher, Counters};
 use crate::cache::DenyCache;
 use crate::connection::Connection;
 use crate::failure::{Breaker, Fallback};
@@ -36,6 +37,7 @@ pub struct RedisStoreBuilder<C: Clock = MonotonicClock> {
     deny_cache: usize,
     root_certificate: Option<Vec<u8>>,
     connections: usize,
+    batching: bool,
 }
 
 impl RedisStore {
@@ -60,6 +62,7 @@ impl RedisStore {
             deny_cache: DEFAULT_DENY_CACHE,
             root_certificate: None,
             connections: 1,
+            batching: true,
         }
     }
 }
@@ -117,6 +120,17 @@ impl<C: Clock> RedisStoreBuilder<C> {
         self
     }
 
+    /// Exact batching (default on): decisions waiting for the same connection go to Redis
+    /// as one script call, which decides them in order, each exactly as if sent alone at
+    /// the batch's time — the same answers, state and TTLs. There is no timer: a batch
+    /// leaves as soon as the previous one on its connection has its reply, so at low load
+    /// it holds one decision. Off, every decision is its own call. A Cluster sends every
+    /// decision as its own call either way (see the crate docs).
+    pub fn batching(mut self, on: bool) -> Self {
+        self.batching = on;
+        self
+    }
+
     /// How many denied keys this node remembers (default 100 000; 0 turns the cache off).
     /// While Redis's last answer for a key still denies, later checks of that key are
     /// denied here without a round trip, with the same arithmetic; anything that might pass
@@ -152,6 +166,7 @@ impl<C: Clock> RedisStoreBuilder<C> {
             deny_cache: self.deny_cache,
             root_certificate: self.root_certificate,
             connections: self.connections,
+            batching: self.batching,
         }
     }
 
@@ -266,6 +281,17 @@ impl<C: Clock> RedisStoreBuilder<C> {
             }
         };
         let connection = connect.map_err(|e| self.connect_error(e))?;
+        let breaker = Arc::new(Breaker::new(self.breaker_failures, self.breaker_cooldown));
+        let counters = Arc::new(Counters::default());
+        let batcher = match &connection {
+            Connection::Standalone(pipelines) if self.batching => Some(Arc::new(Batcher::new(
+                pipelines.connections(),
+                self.timeout,
+                breaker.clone(),
+                counters.clone(),
+            ))),
+            _ => None,
+        };
         let store = RedisStore {
             connection,
             prefix: self.prefix.into(),
@@ -274,8 +300,10 @@ impl<C: Clock> RedisStoreBuilder<C> {
             send_time: self.send_time,
             url: redacted.into(),
             fallback: Fallback::new(self.on_failure, self.overrides),
-            breaker: Arc::new(Breaker::new(self.breaker_failures, self.breaker_cooldown)),
+            breaker,
             cache: DenyCache::new(self.deny_cache).map(Arc::new),
+            batcher,
+            counters,
         };
         store.warn_if_keys_can_be_evicted().await;
         Ok(store)
@@ -290,6 +318,7 @@ impl<C: Clock> fmt::Debug for RedisStoreBuilder<C> {
             .field("timeout", &self.timeout)
             .field("connect_timeout", &self.connect_timeout)
             .field("connections", &self.connections)
+            .field("batching", &self.batching)
             .field(
                 "tls_root_certificate",
                 &self

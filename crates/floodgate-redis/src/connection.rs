@@ -38,6 +38,11 @@ pub(crate) struct Pipelines {
 }
 
 impl Pipelines {
+    /// Every connection, for the batcher's lanes.
+    pub(crate) fn connections(&self) -> &[ConnectionManager] {
+        &self.connections
+    }
+
     /// The connection for the next call (a clone is a handle to the same connection).
     fn next(&self) -> ConnectionManager {
         let turn = if self.connections.len() == 1 {
@@ -110,10 +115,7 @@ impl Connection {
             3 + keys.len() + args.len(),
             64 + keys.iter().map(|k| k.len() + 16).sum::<usize>() + 24 * args.len(),
         );
-        command
-            .arg("EVALSHA")
-            .arg(DECIDE_SHA.as_str())
-            .arg(keys.len());
+        command.arg("EVALSHA").arg(DECIDE.sha()).arg(keys.len());
         for key in keys {
             command.arg(key.as_str());
         }
@@ -121,7 +123,9 @@ impl Connection {
             command.arg(arg);
         }
         match self {
-            Connection::Standalone(pipelines) => evalsha(&command, &mut pipelines.next()).await,
+            Connection::Standalone(pipelines) => {
+                evalsha(&command, &DECIDE, &mut pipelines.next()).await
+            }
             Connection::Cluster(connection) => {
                 let mut connection = connection.clone();
                 let mut redirects = 0;
@@ -129,7 +133,7 @@ impl Connection {
                 let mut target: Option<SingleNodeRoutingInfo> = None;
                 loop {
                     let result = match &target {
-                        None => evalsha(&command, &mut connection).await,
+                        None => evalsha(&command, &DECIDE, &mut connection).await,
                         Some(node) => ask(&mut connection, node.clone(), &command).await,
                     };
                     let error = match result {
@@ -285,33 +289,73 @@ fn node_of(error: &RedisError) -> Option<SingleNodeRoutingInfo> {
     })
 }
 
-/// Runs `command` (`EVALSHA` …) and, should the server not have the script cached
-/// (NOSCRIPT: nothing ran), loads it and runs the command once more. A Cluster routes
-/// `SCRIPT LOAD` to every master.
-async fn evalsha(
+/// A Lua script this store runs by its SHA-1.
+pub(crate) struct LuaScript {
+    source: &'static str,
+    sha: LazyLock<String>,
+}
+
+impl LuaScript {
+    /// The SHA-1 `EVALSHA` calls it by.
+    pub(crate) fn sha(&self) -> &str {
+        &self.sha
+    }
+
+    /// `SCRIPT LOAD` of this script.
+    fn load(&self) -> redis::Cmd {
+        let mut load = redis::cmd("SCRIPT");
+        load.arg("LOAD").arg(self.source);
+        load
+    }
+}
+
+/// The single-decision script.
+pub(crate) static DECIDE: LuaScript = LuaScript {
+    source: include_str!("scripts/decide.lua"),
+    sha: LazyLock::new(|| {
+        Script::new(include_str!("scripts/decide.lua"))
+            .get_hash()
+            .to_owned()
+    }),
+};
+
+/// The batch script: many decisions in one call.
+pub(crate) static BATCH: LuaScript = LuaScript {
+    source: include_str!("scripts/batch.lua"),
+    sha: LazyLock::new(|| {
+        Script::new(include_str!("scripts/batch.lua"))
+            .get_hash()
+            .to_owned()
+    }),
+};
+
+/// Runs `command` (`EVALSHA` of `script` …) and, should the server not have the script
+/// cached (NOSCRIPT: nothing ran), loads it and runs the command once more. A Cluster
+/// routes `SCRIPT LOAD` to every master. An error reply *inside* the reply (the batch
+/// script's failed items) stays in the value.
+pub(crate) async fn evalsha(
     command: &redis::Cmd,
+    script: &LuaScript,
     connection: &mut impl redis::aio::ConnectionLike,
 ) -> RedisResult<Value> {
-    match command.query_async::<Value>(connection).await {
+    match call(command, connection).await {
         Err(error) if error.kind() == redis::ErrorKind::Server(ServerErrorKind::NoScript) => {
-            load().query_async::<Value>(connection).await?;
-            command.query_async(connection).await
+            script.load().query_async::<Value>(connection).await?;
+            call(command, connection).await
         }
         reply => reply,
     }
 }
 
-/// The decision script's source: the only script this store runs.
-const DECIDE: &str = include_str!("scripts/decide.lua");
-
-/// Its SHA-1, the name `EVALSHA` calls it by.
-static DECIDE_SHA: LazyLock<String> = LazyLock::new(|| Script::new(DECIDE).get_hash().to_owned());
-
-/// `SCRIPT LOAD` of the decision script.
-fn load() -> redis::Cmd {
-    let mut load = redis::cmd("SCRIPT");
-    load.arg("LOAD").arg(DECIDE);
-    load
+/// Sends `command`; an error reply is an error, an error nested in an array is not.
+async fn call(
+    command: &redis::Cmd,
+    connection: &mut impl redis::aio::ConnectionLike,
+) -> RedisResult<Value> {
+    match connection.req_packed_command(command).await? {
+        Value::ServerError(error) => Err(error.into()),
+        value => Ok(value),
+    }
 }
 
 /// Runs `command` once on `node`, which is importing the slot, after `ASKING` (loading the
@@ -335,7 +379,7 @@ async fn ask(
         Err(error) if error.kind() == redis::ErrorKind::Server(ServerErrorKind::NoScript) => {
             connection
                 .route_command(
-                    load(),
+                    DECIDE.load(),
                     redis::cluster_routing::RoutingInfo::SingleNode(node.clone()),
                 )
                 .await?;

@@ -1,5 +1,5 @@
 //! A Redis store for [`floodgate`]: many application instances share one set of
-//! token buckets, each decision one atomic round trip.
+//! token buckets, each decision atomic, decisions batched into shared round trips.
 //!
 //! Every decision runs a Lua script inside Redis that reads, checks and updates all limits
 //! of a policy at once, on the Redis server's clock (so application nodes with skewed clocks
@@ -33,12 +33,32 @@
 //! about one chance in 4 × 10^11 among ten million live keys. `fg1` is the layout version: a
 //! future layout will use another, so both can coexist during a rolling upgrade.
 //!
-//! # Connections
+//! # Connections and batching
 //!
-//! Every decision is one `EVALSHA` on a multiplexed connection: calls from all tasks are
-//! pipelined on one socket per node. For a standalone server,
-//! [`RedisStoreBuilder::connections`] opens several that calls take turns on, for nodes
-//! making tens of thousands of Redis decisions a second.
+//! Calls from all tasks are pipelined on one multiplexed connection per node. For a
+//! standalone server, [`RedisStoreBuilder::connections`] opens several that calls take
+//! turns on.
+//!
+//! **Exact batching** (on by default, [`RedisStoreBuilder::batching`]): the decisions
+//! waiting for a connection go to Redis as one call of a batch script, which decides them
+//! in order, each exactly as the single-decision script would decide it alone, one after
+//! another, at the batch's Redis time — the same answers, the same stored values, the same
+//! TTLs. The key layout does not change, so during a rolling upgrade older clients (one call
+//! per decision) and batching ones share buckets exactly. There is no timer: at most two
+//! batches await their replies per connection, and the next takes everything queued
+//! meanwhile, so at low load a batch holds one decision and latency is that of a single
+//! call. A batch holds at most 256 decisions (and 8 192 arguments, 256 KiB).
+//!
+//! The script reads and validates every decision before its first write: a bad argument or
+//! a corrupted stored value fails only that decision (its caller gets the error a single
+//! call would have), and a call that fails writes nothing. A batch whose reply is lost is
+//! never resent: each of its callers gets its failure policy once, and the circuit breaker
+//! counts one failure for the batch. [`RedisStore::stats`] counts script calls and the
+//! decisions they carried.
+//!
+//! On a **Cluster** every decision is still its own call, pipelined per node: the declared
+//! keys of one script call must share a slot, so a Cluster batch could only group decisions
+//! on keys of one slot — in practice, repeated decisions on one hot key.
 //!
 //! # Policy changes
 //!
@@ -48,6 +68,7 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod batch;
 mod builder;
 mod cache;
 mod connection;
@@ -64,7 +85,7 @@ pub use floodgate::FailurePolicy;
 #[doc(hidden)]
 pub mod fuzzing;
 pub use builder::{MAX_CONNECTIONS, RedisStoreBuilder, check_connections};
-pub use store::RedisStore;
+pub use store::{RedisStats, RedisStore};
 pub use url::redact_url;
 
 /// The README's examples (core and Redis), compiled and run as doctests.

@@ -2,11 +2,13 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use floodgate::store::{self, Op};
 use floodgate::{Clock, Decision, Error, Limit, MonotonicClock, Policy, Store};
 
+use crate::batch::{self, Batcher, Counters};
 use crate::cache::DenyCache;
 use crate::connection::Connection;
 use crate::failure::{Breaker, Fallback, Gate};
@@ -36,6 +38,21 @@ pub struct RedisStore<C: Clock = MonotonicClock> {
     pub(crate) fallback: Arc<Fallback>,
     pub(crate) breaker: Arc<Breaker>,
     pub(crate) cache: Option<Arc<DenyCache>>,
+    /// Exact batching (standalone servers): `None` sends each decision as its own call.
+    pub(crate) batcher: Option<Arc<Batcher>>,
+    pub(crate) counters: Arc<Counters>,
+}
+
+/// What a [`RedisStore`] has sent to Redis since it was built (shared by its clones):
+/// [`RedisStore::stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RedisStats {
+    /// Decision script calls sent: one per batch with batching on, one per decision off.
+    pub script_calls: u64,
+    /// Decisions those calls carried (decisions answered locally — by the deny cache or a
+    /// failure policy — are not counted). `decisions / script_calls` is the mean batch.
+    pub decisions: u64,
 }
 
 impl<C: Clock> RedisStore<C> {
@@ -61,6 +78,14 @@ impl<C: Clock> RedisStore<C> {
                     );
                 }
             }
+        }
+    }
+
+    /// What this store (and its clones) has sent to Redis so far.
+    pub fn stats(&self) -> RedisStats {
+        RedisStats {
+            script_calls: self.counters.calls.load(Ordering::Relaxed),
+            decisions: self.counters.decisions.load(Ordering::Relaxed),
         }
     }
 
@@ -90,18 +115,47 @@ impl<C: Clock> RedisStore<C> {
         } else {
             -1
         };
-        let mut args = Vec::with_capacity(3 + 2 * rates.len());
-        args.extend(wire(op));
-        args.push(now);
-        for rate in rates {
-            args.push(i64::try_from(rate.interval()).unwrap_or(i64::MAX));
-            args.push(i64::try_from(rate.burst()).unwrap_or(i64::MAX));
-        }
-        // One deadline for the whole call: reconnecting, redirects and a script reload.
-        let call = tokio::time::timeout(self.timeout, self.connection.eval(&keys, &args));
-        let failure = match call.await.unwrap_or_else(|_| Err(timed_out())) {
+        let (reply, counted) = match &self.batcher {
+            Some(batcher) => {
+                let limits = rates
+                    .iter()
+                    .map(|rate| {
+                        (
+                            i64::try_from(rate.interval()).unwrap_or(i64::MAX),
+                            i64::try_from(rate.burst()).unwrap_or(i64::MAX),
+                        )
+                    })
+                    .collect();
+                let receiver = batcher.submit(keys, wire(op), limits, now);
+                // The batch has told the circuit breaker how it went, once for all of its
+                // decisions; a caller that stops waiting leaves the count to its batch.
+                let reply = match tokio::time::timeout(self.timeout, receiver).await {
+                    Ok(Ok(reply)) => reply,
+                    Ok(Err(_)) => Err(batch::dropped()),
+                    Err(_) => Err(timed_out()),
+                };
+                (reply, true)
+            }
+            None => {
+                let mut args = Vec::with_capacity(3 + 2 * rates.len());
+                args.extend(wire(op));
+                args.push(now);
+                for rate in rates {
+                    args.push(i64::try_from(rate.interval()).unwrap_or(i64::MAX));
+                    args.push(i64::try_from(rate.burst()).unwrap_or(i64::MAX));
+                }
+                self.counters.count(1);
+                // One deadline for the whole call: reconnecting, redirects and a script
+                // reload.
+                let call = tokio::time::timeout(self.timeout, self.connection.eval(&keys, &args));
+                (call.await.unwrap_or_else(|_| Err(timed_out())), false)
+            }
+        };
+        let failure = match reply {
             Ok(reply) => {
-                self.breaker.success();
+                if !counted {
+                    self.breaker.success();
+                }
                 let (decision, ahead) = read_reply(reply, rates)?;
                 if let Some(cache) = &self.cache {
                     cache.record(policy, key, rates, self.local_micros(), &ahead);
@@ -110,12 +164,16 @@ impl<C: Clock> RedisStore<C> {
             }
             Err(e) if !unavailable(&e) => {
                 // Redis answered, with an error about this request: not an outage.
-                self.breaker.success();
+                if !counted {
+                    self.breaker.success();
+                }
                 return Err(self.error(&e));
             }
             Err(e) => self.error(&e),
         };
-        self.breaker.failure();
+        if !counted {
+            self.breaker.failure();
+        }
         self.fallback
             .decide(policy, key, op, failure, self.breaker.cooldown())
             .await
@@ -145,13 +203,13 @@ impl<C: Clock> RedisStore<C> {
 }
 
 /// The error of a call that ran out of time: an I/O timeout, so it counts as an outage.
-fn timed_out() -> redis::RedisError {
+pub(crate) fn timed_out() -> redis::RedisError {
     redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut))
 }
 
 /// Whether an error means Redis could not answer (an outage, for the failure policy), as
 /// opposed to an error reply about this request.
-fn unavailable(error: &redis::RedisError) -> bool {
+pub(crate) fn unavailable(error: &redis::RedisError) -> bool {
     error.is_io_error()
         || error.is_timeout()
         // A Cluster node that went away (the client has no connection to it any more): the
@@ -221,6 +279,7 @@ impl<C: Clock> fmt::Debug for RedisStore<C> {
             .field("prefix", &self.prefix)
             .field("timeout", &self.timeout)
             .field("manual_clock", &self.send_time)
+            .field("batching", &self.batcher.is_some())
             .field("on_failure", &self.fallback.default)
             .field("on_failure_for", &self.fallback.overrides)
             .finish()

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use floodgate::{DecisionSource, Policy, RateLimiter};
 use floodgate_redis::{FailurePolicy, RedisStore};
 use floodgate_testkit::proxy::{Fault, Proxy};
+
 use floodgate_testkit::redis_server::RedisServer;
 
 async fn through(proxy: &Proxy, on_failure: FailurePolicy) -> RateLimiter<RedisStore> {
@@ -118,5 +119,62 @@ async fn a_slow_network_costs_at_most_the_timeout() {
         started.elapsed() < Duration::from_millis(450),
         "{:?}",
         started.elapsed()
+    );
+}
+
+/// One batch of eight decisions loses its reply: each caller gets its error once, the
+/// batch is never resent (the bucket shows each decision exactly once), and the circuit
+/// breaker counts one failure for the batch, not eight.
+#[tokio::test]
+async fn a_lost_batch_is_not_replayed_and_counts_once_for_the_breaker() {
+    let server = RedisServer::start();
+    let proxy = Proxy::start(([127, 0, 0, 1], server.port()).into());
+    let store = RedisStore::builder(&format!("redis://{}", proxy.addr()))
+        .timeout(Duration::from_millis(300))
+        .circuit_breaker(3, Duration::from_secs(30))
+        .deny_cache(0)
+        .build()
+        .await
+        .unwrap();
+    let limiter = RateLimiter::new(store);
+    let policy = Policy::parse("api", "1/hour burst 20").unwrap();
+    assert!(limiter.check(&policy, "k").await.unwrap().is_allowed());
+
+    proxy.set(Fault::LoseReplies);
+    let before = limiter.store().stats();
+    // Issued together on this one-thread runtime: one batch.
+    let outcomes =
+        futures_util::future::join_all((0..8).map(|_| limiter.check(&policy, "k"))).await;
+    let after = limiter.store().stats();
+    assert_eq!(after.script_calls - before.script_calls, 1, "one batch");
+    assert_eq!(after.decisions - before.decisions, 8);
+    for outcome in outcomes {
+        // A timeout or the connection closing under the reply: the outcome is unknown.
+        assert!(
+            matches!(outcome, Err(floodgate::Error::Store(_))),
+            "{outcome:?}"
+        );
+    }
+    proxy.set(Fault::Pass);
+    // Eight lost decisions were one failure: with a threshold of three, the circuit stays
+    // closed (a reconnect may cost one more failure), so no decision is skipped as "open".
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let decision = loop {
+        match limiter.peek(&policy, "k").await {
+            Ok(decision) => break decision,
+            Err(e) => {
+                assert!(
+                    !e.to_string().contains("circuit open"),
+                    "the breaker opened: {e}"
+                );
+                assert!(Instant::now() < deadline, "no service after the fault: {e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    assert_eq!(
+        decision.remaining(),
+        20 - 1 - 8,
+        "each lost decision ran exactly once"
     );
 }

@@ -11,7 +11,7 @@ use floodgate_testkit::redis_server::{RedisCluster, RedisServer};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_passes_the_conformance_suite() {
     let cluster = RedisCluster::start(3);
-    common::conformance_suite(&cluster.url(), 0).await;
+    common::conformance_suite(&cluster.url(), 0, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,16 +9,18 @@ use floodgate_redis::RedisStore;
 use floodgate_testkit::conformance::{self, Harness};
 
 /// A conformance harness on the Redis at `url`: keys under `prefix`, a manual clock (the
-/// test-only override) and a deny cache of `deny_cache` keys.
+/// test-only override), a deny cache of `deny_cache` keys, batching on or off.
 pub(crate) async fn harness(
     url: &str,
     prefix: &str,
     deny_cache: usize,
+    batching: bool,
 ) -> Harness<RedisStore<ManualClock>> {
     let clock = ManualClock::new();
     let store = RedisStore::builder(url)
         .key_prefix(prefix)
         .deny_cache(deny_cache)
+        .batching(batching)
         .manual_clock(clock.clone())
         .build()
         .await
@@ -31,14 +33,14 @@ pub(crate) async fn harness(
 }
 
 /// Runs the whole conformance suite against the Redis at `url`, each case on a fresh key
-/// prefix (fresh state), with a deny cache of `deny_cache` keys.
+/// prefix (fresh state), with a deny cache of `deny_cache` keys, batching on or off.
 #[allow(dead_code)] // not every test file that shares this module runs the whole suite
-pub(crate) async fn conformance_suite(url: &str, deny_cache: usize) {
+pub(crate) async fn conformance_suite(url: &str, deny_cache: usize, batching: bool) {
     let case = AtomicU32::new(0);
     conformance::run(|| {
         let prefix = format!("case{}:", case.fetch_add(1, Ordering::Relaxed));
         let url = url.to_owned();
-        async move { harness(&url, &prefix, deny_cache).await }
+        async move { harness(&url, &prefix, deny_cache, batching).await }
     })
     .await;
 }

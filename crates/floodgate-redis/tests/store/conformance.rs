@@ -1,6 +1,7 @@
 //! The shared conformance suite against a real `redis-server` of the test's own, driven by a
-//! manual clock through the test-only clock override: one test per case, without and with
-//! the deny cache, and one run of the whole suite that checks every key it wrote expires.
+//! manual clock through the test-only clock override: one test per case, with batching (the
+//! default) without and with the deny cache, and with every decision its own call; and one
+//! run of the whole suite that checks every key it wrote expires.
 
 use crate::common;
 
@@ -9,18 +10,23 @@ use floodgate_redis::RedisStore;
 use floodgate_testkit::conformance::Case;
 use floodgate_testkit::redis_server::RedisServer;
 
-async fn on_a_fresh_server(case: Case<RedisStore<ManualClock>>, deny_cache: usize) {
+async fn on_a_fresh_server(case: Case<RedisStore<ManualClock>>, deny_cache: usize, batching: bool) {
     let server = RedisServer::start();
-    case(common::harness(&server.url(), "case:", deny_cache).await).await;
+    case(common::harness(&server.url(), "case:", deny_cache, batching).await).await;
 }
 
 async fn without_deny_cache(case: Case<RedisStore<ManualClock>>) {
-    on_a_fresh_server(case, 0).await;
+    on_a_fresh_server(case, 0, true).await;
 }
 
 /// With the deny cache, denials are answered locally: decisions must not change.
 async fn with_deny_cache(case: Case<RedisStore<ManualClock>>) {
-    on_a_fresh_server(case, 1_000).await;
+    on_a_fresh_server(case, 1_000, true).await;
+}
+
+/// Batching off: every decision is one call of the single-decision script.
+async fn single_calls(case: Case<RedisStore<ManualClock>>) {
+    on_a_fresh_server(case, 0, false).await;
 }
 
 mod redis_store {
@@ -31,10 +37,14 @@ mod redis_store_with_deny_cache {
     floodgate_testkit::conformance_tests!(super::with_deny_cache);
 }
 
+mod redis_store_single_calls {
+    floodgate_testkit::conformance_tests!(super::single_calls);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_key_the_suite_writes_expires() {
     let server = RedisServer::start();
-    common::conformance_suite(&server.url(), 0).await;
+    common::conformance_suite(&server.url(), 0, true).await;
     // Every key written carries a TTL: PTTL is -1 for a key without one (-2 for a key that
     // has expired since the scan, 0 for one expiring right now).
     let keys = server.cli(&["--scan", "--pattern", "*fg1{*"]);

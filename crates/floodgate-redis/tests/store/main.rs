@@ -9,6 +9,7 @@
 mod common;
 
 mod basics;
+mod batching;
 mod conformance;
 mod deny_cache;
 mod tls;

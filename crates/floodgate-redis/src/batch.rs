@@ -1,0 +1,317 @@
+//! Exact batching: the decisions waiting for one connection go to Redis as one call of the
+//! batch script, which decides them in order, each exactly as the single-decision script
+//! would decide it alone at the batch's time.
+//!
+//! No timer: each connection has a queue and at most [`MAX_IN_FLIGHT`] batches awaiting
+//! their replies. A decision that finds no flush task, or every one awaiting a reply with
+//! room for another batch, starts one, which sends whatever is queued (up to
+//! [`MAX_ITEMS`] decisions, [`MAX_ARGS`] arguments and [`MAX_BYTES`] bytes), awaits the
+//! reply, hands each decision its own reply, and sends what queued meanwhile; it ends when
+//! the queue is empty. At low load a batch holds one decision, so latency is that of a
+//! single call; under load a batch holds what arrived during a round trip.
+//!
+//! Two batches in flight on one connection keep their order: Redis runs them one after
+//! the other as they arrive, each atomically.
+//!
+//! A batch is sent once. When its reply is lost (a timeout, a dropped connection) each of
+//! its callers gets the error — and its failure policy — once, and the circuit breaker
+//! counts one failure for the batch, not one per decision. A decision whose caller gave up
+//! before its batch left is not sent at all.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use redis::{RedisError, RedisResult, Value};
+use tokio::sync::oneshot;
+
+use crate::connection::{BATCH, evalsha};
+use crate::failure::Breaker;
+use crate::store::{timed_out, unavailable};
+
+/// The most decisions in one batch (fewer than the script's 1023 limit sets). Larger
+/// batches gain little (the call's fixed cost is already spread thin) and hold Redis's
+/// only thread longer.
+pub(crate) const MAX_ITEMS: usize = 256;
+
+/// The most arguments in one batch call, well below what Redis and Lua take (a policy of
+/// many limits makes long items).
+pub(crate) const MAX_ARGS: usize = 8_192;
+
+/// The most bytes of keys and arguments in one batch call.
+pub(crate) const MAX_BYTES: usize = 256 * 1024;
+
+/// The reply to one decision: the single script's reply for it, or why there is none.
+pub(crate) type Reply = RedisResult<Value>;
+
+/// One decision waiting to be sent.
+pub(crate) struct Item {
+    /// The Redis keys of its limits (one slot).
+    pub(crate) keys: Vec<String>,
+    /// Operation code and cost (see `reply::wire`).
+    pub(crate) op: [i64; 2],
+    /// Each limit's emission interval and burst, in the keys' order.
+    pub(crate) limits: Vec<(i64, i64)>,
+    /// The decision time sent to the script: -1 for Redis's clock.
+    pub(crate) now: i64,
+    pub(crate) reply: oneshot::Sender<Reply>,
+}
+
+impl Item {
+    /// Arguments this item adds to a call at most (its keys, its limit set, its two words).
+    fn args(&self) -> usize {
+        3 + 3 * self.limits.len()
+    }
+
+    /// Bytes this item adds to a call, counted generously (an integer argument as 24).
+    fn bytes(&self) -> usize {
+        self.keys.iter().map(|k| k.len() + 16).sum::<usize>() + 24 * self.args()
+    }
+}
+
+/// Script calls and the decisions they carried, batched or not.
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) calls: AtomicU64,
+    pub(crate) decisions: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn count(&self, decisions: usize) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.decisions
+            .fetch_add(decisions as u64, Ordering::Relaxed);
+    }
+}
+
+/// The batchers of a standalone server: one lane per connection; decisions take turns.
+pub(crate) struct Batcher {
+    lanes: Box<[Arc<Lane>]>,
+    next: AtomicUsize,
+}
+
+struct Lane {
+    connection: ConnectionManager,
+    queue: Mutex<Queue>,
+    timeout: Duration,
+    breaker: Arc<Breaker>,
+    counters: Arc<Counters>,
+}
+
+#[derive(Default)]
+struct Queue {
+    items: Vec<Item>,
+    /// Flush tasks running for this lane.
+    flushers: usize,
+    /// How many of them await a reply.
+    sending: usize,
+}
+
+/// The most batches awaiting their replies on one connection: two, so Redis works on one
+/// while this node reads the other's replies and its callers queue the next decisions.
+pub(crate) const MAX_IN_FLIGHT: usize = 2;
+
+impl Batcher {
+    pub(crate) fn new(
+        connections: &[ConnectionManager],
+        timeout: Duration,
+        breaker: Arc<Breaker>,
+        counters: Arc<Counters>,
+    ) -> Self {
+        Batcher {
+            lanes: connections
+                .iter()
+                .map(|connection| {
+                    Arc::new(Lane {
+                        connection: connection.clone(),
+                        queue: Mutex::default(),
+                        timeout,
+                        breaker: breaker.clone(),
+                        counters: counters.clone(),
+                    })
+                })
+                .collect(),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// Queues a decision; its reply arrives on the returned channel. The circuit breaker
+    /// has already been told how its batch went.
+    pub(crate) fn submit(
+        &self,
+        keys: Vec<String>,
+        op: [i64; 2],
+        limits: Vec<(i64, i64)>,
+        now: i64,
+    ) -> oneshot::Receiver<Reply> {
+        let (reply, receiver) = oneshot::channel();
+        let lane = if self.lanes.len() == 1 {
+            &self.lanes[0]
+        } else {
+            &self.lanes[self.next.fetch_add(1, Ordering::Relaxed) % self.lanes.len()]
+        };
+        lane.submit(Item {
+            keys,
+            op,
+            limits,
+            now,
+            reply,
+        });
+        receiver
+    }
+}
+
+impl Lane {
+    fn submit(self: &Arc<Self>, item: Item) {
+        let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        queue.items.push(item);
+        // A flusher starts when none runs, or when every one awaits a reply and there is
+        // room for one more batch in flight; otherwise a running one takes this decision.
+        if queue.flushers == 0
+            || (queue.flushers == queue.sending && queue.flushers < MAX_IN_FLIGHT)
+        {
+            queue.flushers += 1;
+            drop(queue);
+            tokio::spawn(self.clone().flush());
+        }
+    }
+
+    /// Sends batches until the queue is empty.
+    async fn flush(self: Arc<Self>) {
+        let mut connection = self.connection.clone();
+        loop {
+            // Let the tasks already woken queue their decisions first: without a timer, this
+            // is what fills a batch under load (and costs nothing when idle).
+            tokio::task::yield_now().await;
+            let batch = self.take();
+            if batch.is_empty() {
+                return;
+            }
+            self.send(batch, &mut connection).await;
+            let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+            queue.sending -= 1;
+        }
+    }
+
+    /// The next batch, oldest first, within the caps; empty (and the flush over) when
+    /// nothing waits. Decisions whose callers gave up are dropped unsent.
+    fn take(&self) -> Vec<Item> {
+        let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        queue.items.retain(|item| !item.reply.is_closed());
+        let (mut count, mut args, mut bytes) = (0, 0, 0);
+        for item in &queue.items {
+            let (a, b) = (item.args(), item.bytes());
+            if count > 0 && (count == MAX_ITEMS || args + a > MAX_ARGS || bytes + b > MAX_BYTES) {
+                break;
+            }
+            count += 1;
+            args += a;
+            bytes += b;
+        }
+        if count == 0 {
+            queue.flushers -= 1;
+            return Vec::new();
+        }
+        queue.sending += 1;
+        let rest = queue.items.split_off(count);
+        std::mem::replace(&mut queue.items, rest)
+    }
+
+    async fn send(&self, batch: Vec<Item>, connection: &mut ConnectionManager) {
+        let command = command(&batch);
+        self.counters.count(batch.len());
+        let call = tokio::time::timeout(self.timeout, evalsha(&command, &BATCH, connection));
+        match call.await.unwrap_or_else(|_| Err(timed_out())) {
+            Ok(Value::Array(replies)) if replies.len() == batch.len() => {
+                self.breaker.success();
+                for (item, reply) in batch.into_iter().zip(replies) {
+                    // An item's error reply is that decision's error, as if sent alone.
+                    let reply = match reply {
+                        Value::ServerError(error) => Err(error.into()),
+                        reply => Ok(reply),
+                    };
+                    let _ = item.reply.send(reply);
+                }
+            }
+            Ok(_) => {
+                // Not the batch script's reply: every decision reads it as an invalid reply.
+                self.breaker.success();
+                for item in batch {
+                    let _ = item.reply.send(Ok(Value::Nil));
+                }
+            }
+            Err(error) => {
+                if unavailable(&error) {
+                    self.breaker.failure();
+                } else {
+                    self.breaker.success();
+                }
+                for item in batch {
+                    let _ = item.reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// `EVALSHA` of the batch script for `batch`: the keys of each (policy, key) once, each
+/// distinct limit set once, then two integers per decision, in order.
+fn command(batch: &[Item]) -> redis::Cmd {
+    // (first key, limits) → 1-based index of its first key in KEYS.
+    let mut key_index: HashMap<(&str, usize), usize> = HashMap::with_capacity(batch.len());
+    let mut keys: Vec<&str> = Vec::with_capacity(batch.len());
+    let mut set_index: HashMap<&[(i64, i64)], usize> = HashMap::new();
+    let mut sets: Vec<&[(i64, i64)]> = Vec::new();
+    let mut words: Vec<(i64, i64)> = Vec::with_capacity(batch.len());
+    for item in batch {
+        let first = item.keys.first().map_or("", String::as_str);
+        let k = *key_index
+            .entry((first, item.keys.len()))
+            .or_insert_with(|| {
+                keys.extend(item.keys.iter().map(String::as_str));
+                keys.len() + 1 - item.keys.len()
+            });
+        let s = *set_index.entry(&item.limits[..]).or_insert_with(|| {
+            sets.push(&item.limits[..]);
+            sets.len()
+        });
+        // op is 1 to 3 and cost below 2^32: exact in a Lua number.
+        words.push((
+            item.op[0] + 4 * item.op[1],
+            1024 * i64::try_from(k).unwrap_or(i64::MAX) + i64::try_from(s).unwrap_or(0),
+        ));
+    }
+    let args =
+        4 + keys.len() + sets.iter().map(|set| 1 + 2 * set.len()).sum::<usize>() + 2 * words.len();
+    let bytes = 64 + keys.iter().map(|k| k.len() + 16).sum::<usize>() + 24 * args;
+    let mut command = redis::Cmd::with_capacity(args, bytes);
+    command
+        .arg("EVALSHA")
+        .arg(BATCH.sha())
+        .arg(keys.len())
+        .arg(&keys[..]);
+    // One batch, one time: the latest any decision in it asked for (all the same, -1, on
+    // Redis's clock).
+    let now = batch.iter().map(|item| item.now).max().unwrap_or(-1);
+    command.arg(now).arg(sets.len());
+    for set in &sets {
+        command.arg(set.len());
+        for &(interval, burst) in *set {
+            command.arg(interval).arg(burst);
+        }
+    }
+    for (op, at) in words {
+        command.arg(op).arg(at);
+    }
+    command
+}
+
+/// Why a decision's reply never came: its batch was dropped with the runtime.
+pub(crate) fn dropped() -> RedisError {
+    RedisError::from(std::io::Error::new(
+        std::io::ErrorKind::ConnectionAborted,
+        "the batch carrying this decision was dropped before its reply arrived",
+    ))
+}
