@@ -23,11 +23,10 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use redis::{RedisError, RedisResult, Value};
 use tokio::sync::oneshot;
 
-use crate::connection::{BATCH, evalsha};
+use crate::connection::{BATCH, Connection};
 use crate::failure::Breaker;
 use crate::store::{timed_out, unavailable};
 
@@ -93,7 +92,9 @@ pub(crate) struct Batcher {
 }
 
 struct Lane {
-    connection: ConnectionManager,
+    connection: Connection,
+    /// Which of the connection's multiplexed connections this lane sends on.
+    index: usize,
     queue: Mutex<Queue>,
     timeout: Duration,
     breaker: Arc<Breaker>,
@@ -114,18 +115,19 @@ struct Queue {
 pub(crate) const MAX_IN_FLIGHT: usize = 2;
 
 impl Batcher {
+    /// A batcher with one lane per multiplexed connection of `connection`.
     pub(crate) fn new(
-        connections: &[ConnectionManager],
+        connection: &Connection,
         timeout: Duration,
         breaker: Arc<Breaker>,
         counters: Arc<Counters>,
     ) -> Self {
         Batcher {
-            lanes: connections
-                .iter()
-                .map(|connection| {
+            lanes: (0..connection.lanes().max(1))
+                .map(|index| {
                     Arc::new(Lane {
                         connection: connection.clone(),
+                        index,
                         queue: Mutex::default(),
                         timeout,
                         breaker: breaker.clone(),
@@ -180,7 +182,6 @@ impl Lane {
 
     /// Sends batches until the queue is empty.
     async fn flush(self: Arc<Self>) {
-        let mut connection = self.connection.clone();
         loop {
             // Let the tasks already woken queue their decisions first: without a timer, this
             // is what fills a batch under load (and costs nothing when idle).
@@ -189,7 +190,7 @@ impl Lane {
             if batch.is_empty() {
                 return;
             }
-            self.send(batch, &mut connection).await;
+            self.send(batch).await;
             let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
             queue.sending -= 1;
         }
@@ -219,10 +220,13 @@ impl Lane {
         std::mem::replace(&mut queue.items, rest)
     }
 
-    async fn send(&self, batch: Vec<Item>, connection: &mut ConnectionManager) {
+    async fn send(&self, batch: Vec<Item>) {
         let command = command(&batch);
         self.counters.count(batch.len());
-        let call = tokio::time::timeout(self.timeout, evalsha(&command, &BATCH, connection));
+        let call = tokio::time::timeout(
+            self.timeout,
+            self.connection.run_batch(self.index, &command, &BATCH),
+        );
         match call.await.unwrap_or_else(|_| Err(timed_out())) {
             Ok(Value::Array(replies)) if replies.len() == batch.len() => {
                 self.breaker.success();

@@ -13,7 +13,7 @@ use crate::connection::Connection;
 use crate::failure::{Breaker, Fallback};
 use crate::keys;
 use crate::store::{RedisStore, store_error};
-use crate::url::{Target, cluster_nodes, redact_url, sanitize};
+use crate::url::{Target, cluster_nodes, redact_url, sanitize, sentinel_target};
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_millis(100);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -38,6 +38,7 @@ pub struct RedisStoreBuilder<C: Clock = MonotonicClock> {
     root_certificate: Option<Vec<u8>>,
     connections: usize,
     batching: bool,
+    sentinel_password: Option<String>,
 }
 
 impl RedisStore {
@@ -63,6 +64,7 @@ impl RedisStore {
             root_certificate: None,
             connections: 1,
             batching: true,
+            sentinel_password: None,
         }
     }
 }
@@ -141,6 +143,14 @@ impl<C: Clock> RedisStoreBuilder<C> {
         self
     }
 
+    /// For `redis+sentinel://` URLs: the password the Sentinels themselves require
+    /// (`requirepass` in their config), which may differ from the master's (the URL's). The
+    /// Sentinels are asked with it; the master and replicas with the URL's credentials.
+    pub fn sentinel_password(mut self, password: impl Into<String>) -> Self {
+        self.sentinel_password = Some(password.into());
+        self
+    }
+
     /// For `rediss://` and `rediss+cluster://` (feature `tls`): trust the certificate
     /// authority in `pem` (a private CA) instead of the system's roots.
     pub fn tls_root_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
@@ -167,6 +177,7 @@ impl<C: Clock> RedisStoreBuilder<C> {
             root_certificate: self.root_certificate,
             connections: self.connections,
             batching: self.batching,
+            sentinel_password: self.sentinel_password,
         }
     }
 
@@ -213,12 +224,23 @@ impl<C: Clock> RedisStoreBuilder<C> {
             Target::Standalone => {
                 Connection::check_standalone(&self.url, self.root_certificate.as_deref())
             }
+            Target::Sentinel(target) => target
+                .sentinels
+                .iter()
+                .map(|s| target.sentinel_url(s, self.sentinel_password.as_deref()))
+                .chain(std::iter::once(target.master_url("127.0.0.1:6379")))
+                .try_for_each(|url| {
+                    Connection::check_standalone(&url, self.root_certificate.as_deref())
+                }),
         };
         parsed.map_err(|e| self.connect_error(e))
     }
 
     /// A Cluster's node URLs, or a standalone server; an error for any other URL.
     fn target(&self) -> Result<Target, Error> {
+        if let Some(target) = sentinel_target(&self.url) {
+            return Ok(Target::Sentinel(target?));
+        }
         match cluster_nodes(&self.url) {
             Some(nodes) => Ok(Target::Cluster(nodes?)),
             None if ["redis://", "rediss://", "unix://"]
@@ -231,7 +253,9 @@ impl<C: Clock> RedisStoreBuilder<C> {
                 "url",
                 format!(
                     "{}: expected redis://host:port, rediss://host:port, \
-                     redis+cluster://host:port,host:port or rediss+cluster://host:port,host:port",
+                     redis+cluster://host:port,host:port, rediss+cluster://host:port,host:port, \
+                     redis+sentinel://host:port,host:port/master-name or \
+                     rediss+sentinel://host:port,host:port/master-name",
                     redact_url(&self.url)
                 ),
             )),
@@ -279,17 +303,24 @@ impl<C: Clock> RedisStoreBuilder<C> {
                 )
                 .await
             }
+            Target::Sentinel(target) => {
+                Connection::through_sentinels(
+                    target,
+                    self.sentinel_password.clone(),
+                    self.connect_timeout,
+                    self.root_certificate.as_deref(),
+                    self.connections,
+                )
+                .await
+            }
         };
         let connection = connect.map_err(|e| self.connect_error(e))?;
         let breaker = Arc::new(Breaker::new(self.breaker_failures, self.breaker_cooldown));
         let counters = Arc::new(Counters::default());
         let batcher = match &connection {
-            Connection::Standalone(pipelines) if self.batching => Some(Arc::new(Batcher::new(
-                pipelines.connections(),
-                self.timeout,
-                breaker.clone(),
-                counters.clone(),
-            ))),
+            Connection::Standalone(_) | Connection::Sentinel(_) if self.batching => Some(Arc::new(
+                Batcher::new(&connection, self.timeout, breaker.clone(), counters.clone()),
+            )),
             _ => None,
         };
         let store = RedisStore {
@@ -319,6 +350,10 @@ impl<C: Clock> fmt::Debug for RedisStoreBuilder<C> {
             .field("connect_timeout", &self.connect_timeout)
             .field("connections", &self.connections)
             .field("batching", &self.batching)
+            .field(
+                "sentinel_password",
+                &self.sentinel_password.as_ref().map(|_| "***"),
+            )
             .field(
                 "tls_root_certificate",
                 &self

@@ -18,6 +18,9 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::SingleNodeRoutingInfo;
 use redis::{RedisError, RedisResult, Script, ServerErrorKind, Value};
 
+use crate::sentinel::SentinelLink;
+use crate::url::SentinelTarget;
+
 /// Redirects followed for one request before giving up. Each proves the request did not
 /// run, and the waits between them (5, 10, … 25 ms: 75 ms in all) give the client time to
 /// rebuild its slot map while a failover settles; the store's timeout bounds the whole call
@@ -28,6 +31,8 @@ const MAX_REDIRECTS: usize = 6;
 pub(crate) enum Connection {
     Standalone(Pipelines),
     Cluster(ClusterConnection),
+    /// The master a set of Sentinels names, followed through failovers.
+    Sentinel(Arc<SentinelLink>),
 }
 
 /// One or more multiplexed connections to one server; calls take turns.
@@ -38,13 +43,49 @@ pub(crate) struct Pipelines {
 }
 
 impl Pipelines {
-    /// Every connection, for the batcher's lanes.
-    pub(crate) fn connections(&self) -> &[ConnectionManager] {
-        &self.connections
+    /// Opens `connections` multiplexed connections to the server at `url`.
+    pub(crate) async fn open(
+        url: &str,
+        connect_timeout: Duration,
+        root_certificate: Option<&[u8]>,
+        connections: usize,
+    ) -> RedisResult<Self> {
+        let client = client(url, root_certificate)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(connect_timeout))
+            // Each call carries its own deadline (reconnecting and script reloads included).
+            .set_response_timeout(None)
+            .set_number_of_retries(1);
+        let mut opened = Vec::with_capacity(connections);
+        for _ in 0..connections.max(1) {
+            opened.push(ConnectionManager::new_with_config(client.clone(), config.clone()).await?);
+        }
+        Ok(Pipelines {
+            connections: opened.into(),
+            next: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    /// No connection yet (a placeholder until the first master is found).
+    pub(crate) fn empty() -> Self {
+        Pipelines {
+            connections: Arc::new([]),
+            next: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// How many connections there are: the batcher's lanes.
+    pub(crate) fn len(&self) -> usize {
+        self.connections.len()
+    }
+
+    /// Connection `lane` (a batcher's own).
+    pub(crate) fn lane(&self, lane: usize) -> ConnectionManager {
+        self.connections[lane % self.connections.len()].clone()
     }
 
     /// The connection for the next call (a clone is a handle to the same connection).
-    fn next(&self) -> ConnectionManager {
+    pub(crate) fn next(&self) -> ConnectionManager {
         let turn = if self.connections.len() == 1 {
             0
         } else {
@@ -64,20 +105,69 @@ impl Connection {
         root_certificate: Option<&[u8]>,
         connections: usize,
     ) -> RedisResult<Self> {
-        let client = client(url, root_certificate)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(connect_timeout))
-            // Each call carries its own deadline (reconnecting and script reloads included).
-            .set_response_timeout(None)
-            .set_number_of_retries(1);
-        let mut opened = Vec::with_capacity(connections);
-        for _ in 0..connections.max(1) {
-            opened.push(ConnectionManager::new_with_config(client.clone(), config.clone()).await?);
+        let pipelines =
+            Pipelines::open(url, connect_timeout, root_certificate, connections).await?;
+        Ok(Connection::Standalone(pipelines))
+    }
+
+    /// Finds the master through the Sentinels of `target` and connects to it
+    /// (`connections` multiplexed connections, like a standalone server).
+    pub(crate) async fn through_sentinels(
+        target: SentinelTarget,
+        sentinel_password: Option<String>,
+        connect_timeout: Duration,
+        root_certificate: Option<&[u8]>,
+        connections: usize,
+    ) -> RedisResult<Self> {
+        let link = SentinelLink::connect(
+            target,
+            sentinel_password,
+            connect_timeout,
+            root_certificate.map(<[u8]>::to_vec),
+            connections,
+        )
+        .await?;
+        let link = Arc::new(link);
+        SentinelLink::watch(&link);
+        Ok(Connection::Sentinel(link))
+    }
+
+    /// Behind Sentinel, how many times the store moved to a new master.
+    pub(crate) fn master_switches(&self) -> u64 {
+        match self {
+            Connection::Sentinel(link) => link.switches(),
+            _ => 0,
         }
-        Ok(Connection::Standalone(Pipelines {
-            connections: opened.into(),
-            next: Arc::new(AtomicUsize::new(0)),
-        }))
+    }
+
+    /// How many lanes a batcher has on this connection: one per multiplexed connection;
+    /// none on a Cluster, which is not batched.
+    pub(crate) fn lanes(&self) -> usize {
+        match self {
+            Connection::Standalone(pipelines) => pipelines.len(),
+            Connection::Sentinel(link) => link.master().pipelines.len(),
+            Connection::Cluster(_) => 0,
+        }
+    }
+
+    /// Runs a batch on connection `lane`: `EVALSHA` of `script`, NOSCRIPT handled, a
+    /// Sentinel's failover followed.
+    pub(crate) async fn run_batch(
+        &self,
+        lane: usize,
+        command: &redis::Cmd,
+        script: &LuaScript,
+    ) -> RedisResult<Value> {
+        match self {
+            Connection::Standalone(pipelines) => {
+                evalsha(command, script, &mut pipelines.lane(lane)).await
+            }
+            Connection::Sentinel(link) => link.run(Some(lane), command, Some(script)).await,
+            Connection::Cluster(_) => Err(RedisError::from((
+                redis::ErrorKind::Client,
+                "a Cluster is not batched",
+            ))),
+        }
     }
 
     /// Connects to a Cluster through any of `nodes` (`redis://host:port` each, or
@@ -126,6 +216,7 @@ impl Connection {
             Connection::Standalone(pipelines) => {
                 evalsha(&command, &DECIDE, &mut pipelines.next()).await
             }
+            Connection::Sentinel(link) => link.run(None, &command, Some(&DECIDE)).await,
             Connection::Cluster(connection) => {
                 let mut connection = connection.clone();
                 let mut redirects = 0;
@@ -165,6 +256,10 @@ impl Connection {
     ) -> RedisResult<T> {
         match self {
             Connection::Standalone(pipelines) => command.query_async(&mut pipelines.next()).await,
+            Connection::Sentinel(link) => {
+                let reply = link.run(None, command, None).await?;
+                Ok(redis::from_redis_value(reply)?)
+            }
             Connection::Cluster(connection) => {
                 let mut connection = connection.clone();
                 let mut redirects = 0;
@@ -201,7 +296,7 @@ fn cluster_client(
 }
 
 #[cfg(feature = "tls")]
-fn client(url: &str, root_certificate: Option<&[u8]>) -> RedisResult<redis::Client> {
+pub(crate) fn client(url: &str, root_certificate: Option<&[u8]>) -> RedisResult<redis::Client> {
     match root_certificate {
         Some(pem) => redis::Client::build_with_tls(
             url,
@@ -237,7 +332,7 @@ fn with_root_certificate(
 }
 
 #[cfg(not(feature = "tls"))]
-fn client(url: &str, _root_certificate: Option<&[u8]>) -> RedisResult<redis::Client> {
+pub(crate) fn client(url: &str, _root_certificate: Option<&[u8]>) -> RedisResult<redis::Client> {
     redis::Client::open(url)
 }
 

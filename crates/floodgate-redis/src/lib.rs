@@ -20,8 +20,23 @@
 //! URLs: `redis://[user:password@]host:port[/db]`, `rediss://…` for TLS (feature `tls`; a
 //! private CA via [`RedisStoreBuilder::tls_root_certificate`]), and
 //! `redis+cluster://[user:password@]host:port,host:port` for a Cluster
-//! (`rediss+cluster://…` over TLS, every node verified against the same roots). Passwords
-//! never appear in `Debug` output or error messages.
+//! (`rediss+cluster://…` over TLS, every node verified against the same roots), and
+//! `redis+sentinel://[user:password@]h1:26379,h2:26379/master-name` for a master behind
+//! Sentinel (`rediss+sentinel://…` over TLS; the Sentinels' own password is
+//! [`RedisStoreBuilder::sentinel_password`]). Passwords never appear in `Debug` output or
+//! error messages.
+//!
+//! # Sentinel
+//!
+//! The store asks the Sentinels in turn for the master and connects to it. It follows a
+//! failover: it subscribes to `+switch-master` (and checks every second without an
+//! announcement) and moves to the new master once that answers `ROLE` as a master; a
+//! `READONLY` reply — the old master, demoted, refused the write, so nothing ran — moves
+//! it and sends the request again there; a lost connection makes it ask the Sentinels
+//! again, and the request, whose outcome is unknown, is not replayed. Writes the old master
+//! accepted after the promotion are lost with it: at most a burst per key, plus what
+//! refills while the store still wrote there. [`RedisStats::master_switches`] counts the
+//! moves. Batching works behind Sentinel as on a standalone server.
 //!
 //! # Keys
 //!
@@ -75,6 +90,7 @@ mod connection;
 mod failure;
 mod keys;
 mod reply;
+mod sentinel;
 mod store;
 mod url;
 

@@ -53,6 +53,8 @@ pub struct RedisStats {
     /// Decisions those calls carried (decisions answered locally — by the deny cache or a
     /// failure policy — are not counted). `decisions / script_calls` is the mean batch.
     pub decisions: u64,
+    /// Behind Sentinel: how many times the store moved to a new master (0 otherwise).
+    pub master_switches: u64,
 }
 
 impl<C: Clock> RedisStore<C> {
@@ -86,6 +88,7 @@ impl<C: Clock> RedisStore<C> {
         RedisStats {
             script_calls: self.counters.calls.load(Ordering::Relaxed),
             decisions: self.counters.decisions.load(Ordering::Relaxed),
+            master_switches: self.connection.master_switches(),
         }
     }
 

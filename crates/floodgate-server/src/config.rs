@@ -112,7 +112,8 @@ fn on_error_name(policy: FailurePolicy) -> &'static str {
 pub enum StoreUrl {
     /// The embedded memory store (`memory://`).
     Memory,
-    /// Redis (`redis://`, `rediss://`, `redis+cluster://`, `rediss+cluster://`); may hold a
+    /// Redis (`redis://`, `rediss://`, `redis+cluster://`, `rediss+cluster://`,
+    /// `redis+sentinel://`, `rediss+sentinel://`); may hold a
     /// password.
     Redis(Secret),
 }
@@ -121,6 +122,12 @@ impl StoreUrl {
     /// Whether the URL names a Cluster (`redis+cluster://`, `rediss+cluster://`).
     pub fn is_cluster(&self) -> bool {
         matches!(self, StoreUrl::Redis(url) if url.expose().contains("+cluster://"))
+    }
+
+    /// Whether the URL names a master behind Sentinel (`redis+sentinel://`,
+    /// `rediss+sentinel://`).
+    pub fn is_sentinel(&self) -> bool {
+        matches!(self, StoreUrl::Redis(url) if url.expose().contains("+sentinel://"))
     }
 
     /// Whether the URL asks for TLS (`rediss://`, `rediss+cluster://`).
@@ -175,6 +182,11 @@ pub struct StoreConfig {
     pub tls_ca: Option<(PathBuf, Vec<u8>)>,
     /// Multiplexed connections to a standalone Redis that calls take turns on.
     pub connections: usize,
+    /// `store.batching`: the Redis store's exact batching (default on).
+    pub batching: bool,
+    /// `store.sentinel_password`: what the Sentinels themselves require, for a
+    /// `redis+sentinel://` store.
+    pub sentinel_password: Option<Secret>,
 }
 
 /// One `[policies]` entry.
@@ -374,6 +386,12 @@ impl Config {
                 }
                 if self.store.connections > 1 {
                     let _ = write!(out, ", connections {}", self.store.connections);
+                }
+                if !self.store.batching {
+                    let _ = write!(out, ", batching off");
+                }
+                if self.store.sentinel_password.is_some() {
+                    let _ = write!(out, ", sentinel_password ***");
                 }
                 if let Some((path, _)) = &self.store.tls_ca {
                     let _ = write!(out, ", tls_ca_file {}", path.display());

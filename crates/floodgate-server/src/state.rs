@@ -22,7 +22,8 @@ use crate::metrics::{Metrics, PolicyCounters};
 pub enum AnyStore {
     /// `memory://`.
     Memory(MemoryStore),
-    /// `redis://`, `rediss://`, `redis+cluster://`, `rediss+cluster://`.
+    /// `redis://`, `rediss://`, `redis+cluster://`, `rediss+cluster://`, `redis+sentinel://`,
+    /// `rediss+sentinel://`.
     Redis(RedisStore),
 }
 
@@ -284,6 +285,7 @@ fn origin(config: &Config) -> PathBuf {
 fn redis_builder(config: &Config, url: &str) -> floodgate_redis::RedisStoreBuilder {
     let mut builder = RedisStore::builder(url)
         .connections(config.store.connections)
+        .batching(config.store.batching)
         .timeout(config.store.timeout)
         .on_failure(config.store.on_error);
     for (name, p) in &config.policies {
@@ -293,6 +295,9 @@ fn redis_builder(config: &Config, url: &str) -> floodgate_redis::RedisStoreBuild
     }
     if let Some((_, pem)) = &config.store.tls_ca {
         builder = builder.tls_root_certificate(pem.clone());
+    }
+    if let Some(password) = &config.store.sentinel_password {
+        builder = builder.sentinel_password(password.expose());
     }
     builder
 }

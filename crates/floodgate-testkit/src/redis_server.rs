@@ -405,3 +405,157 @@ impl RedisServer {
         })
     }
 }
+
+/// A master, one replica and `sentinels` `redis-sentinel` processes watching them (quorum
+/// 1, a master is down after `down_after_ms` of silence), all of ours on loopback, stopped
+/// on drop. The master set is named [`SentinelGroup::MASTER`].
+#[derive(Debug)]
+pub struct SentinelGroup {
+    /// The servers: index 0 starts as the master, index 1 as its replica.
+    servers: Vec<RedisServer>,
+    sentinels: Vec<Sentinel>,
+}
+
+/// One `redis-sentinel` child process and its config directory.
+#[derive(Debug)]
+struct Sentinel {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        // Our own child, by its handle.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl SentinelGroup {
+    /// The name the Sentinels monitor the master by.
+    pub const MASTER: &'static str = "floodgate";
+
+    /// Starts the master, its replica (waiting until it is in sync) and the Sentinels
+    /// (waiting until each knows the master and its replica). Panics if it cannot.
+    pub fn start(sentinels: usize, down_after_ms: u32) -> Self {
+        let master = RedisServer::start();
+        let replica =
+            RedisServer::start_with(&["--replicaof", "127.0.0.1", &master.port().to_string()]);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !replica
+            .cli(&["INFO", "replication"])
+            .contains("master_link_status:up")
+        {
+            assert!(Instant::now() < deadline, "the replica never synced");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut group = SentinelGroup {
+            servers: vec![master, replica],
+            sentinels: Vec::new(),
+        };
+        for _ in 0..sentinels.max(1) {
+            let sentinel = group.start_sentinel(down_after_ms);
+            group.sentinels.push(sentinel);
+        }
+        for sentinel in &group.sentinels {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let replicas = sentinel_cli(sentinel.port, &["SENTINEL", "REPLICAS", Self::MASTER]);
+                if replicas.contains(&group.servers[1].port().to_string()) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "sentinel never found the replica: {replicas}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        group
+    }
+
+    fn start_sentinel(&self, down_after_ms: u32) -> Sentinel {
+        let port = free_port().unwrap_or_else(|e| panic!("no free port: {e}"));
+        let dir =
+            std::env::temp_dir().join(format!("floodgate-sentinel-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        let config = dir.join("sentinel.conf");
+        let master = Self::MASTER;
+        std::fs::write(
+            &config,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\n\
+                 sentinel monitor {master} 127.0.0.1 {} 1\n\
+                 sentinel down-after-milliseconds {master} {down_after_ms}\n\
+                 sentinel failover-timeout {master} 10000\n\
+                 sentinel parallel-syncs {master} 1\n",
+                dir.display(),
+                self.servers[0].port()
+            ),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let child = Command::new("redis-sentinel")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run redis-sentinel: {e}. Install it (Debian: apt-get install \
+                     redis-sentinel); scripts/setup does so when it is missing"
+                )
+            });
+        let sentinel = Sentinel { child, port, dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sentinel_cli(port, &["PING"]) != "PONG" {
+            assert!(
+                Instant::now() < deadline,
+                "redis-sentinel did not answer PING"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        sentinel
+    }
+
+    /// `redis+sentinel://127.0.0.1:p1,127.0.0.1:p2/floodgate`.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self
+            .sentinels
+            .iter()
+            .map(|s| format!("127.0.0.1:{}", s.port))
+            .collect();
+        format!("redis+sentinel://{}/{}", hosts.join(","), Self::MASTER)
+    }
+
+    /// The servers: index 0 started as the master, index 1 as its replica.
+    pub fn servers(&self) -> &[RedisServer] {
+        &self.servers
+    }
+
+    /// A server, to kill or restart.
+    pub fn server_mut(&mut self, i: usize) -> &mut RedisServer {
+        &mut self.servers[i]
+    }
+
+    /// The port of the master the first Sentinel names now.
+    pub fn master_port(&self) -> Option<u16> {
+        let reply = self.sentinel(&["SENTINEL", "GET-MASTER-ADDR-BY-NAME", Self::MASTER]);
+        reply.lines().nth(1).and_then(|p| p.trim().parse().ok())
+    }
+
+    /// Runs one command through `redis-cli` against the first Sentinel.
+    pub fn sentinel(&self, args: &[&str]) -> String {
+        sentinel_cli(self.sentinels[0].port, args)
+    }
+}
+
+fn sentinel_cli(port: u16, args: &[&str]) -> String {
+    let output = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run redis-cli: {e}"));
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}

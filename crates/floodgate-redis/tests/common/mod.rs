@@ -36,9 +36,10 @@ pub(crate) async fn harness(
 /// prefix (fresh state), with a deny cache of `deny_cache` keys, batching on or off.
 #[allow(dead_code)] // not every test file that shares this module runs the whole suite
 pub(crate) async fn conformance_suite(url: &str, deny_cache: usize, batching: bool) {
-    let case = AtomicU32::new(0);
+    // Unique across runs on one server.
+    static CASE: AtomicU32 = AtomicU32::new(0);
     conformance::run(|| {
-        let prefix = format!("case{}:", case.fetch_add(1, Ordering::Relaxed));
+        let prefix = format!("case{}:", CASE.fetch_add(1, Ordering::Relaxed));
         let url = url.to_owned();
         async move { harness(&url, &prefix, deny_cache, batching).await }
     })

@@ -57,6 +57,8 @@ pub(super) struct RawStore {
     timeout: Option<String>,
     tls_ca_file: Option<String>,
     connections: Option<i64>,
+    batching: Option<bool>,
+    sentinel_password: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -300,10 +302,29 @@ pub(super) fn store_section(
             n
         }
     };
+    if raw.batching.is_some() && !matches!(url, StoreUrl::Redis(_)) {
+        return Err(err(
+            "store.batching",
+            "applies to the Redis store only".into(),
+        ));
+    }
+    let sentinel_password = match raw.sentinel_password {
+        None => None,
+        Some(_) if !url.is_sentinel() => {
+            return Err(err(
+                "store.sentinel_password",
+                "applies to Sentinel store URLs only (redis+sentinel:// or rediss+sentinel://)"
+                    .into(),
+            ));
+        }
+        Some(password) => Some(Secret(password)),
+    };
     let store = StoreConfig {
         url,
         max_keys,
         connections,
+        batching: raw.batching.unwrap_or(true),
+        sentinel_password,
         on_error: on_error(raw.on_error.unwrap_or(RawOnError::Allow))?,
         local_share: share,
         timeout,
@@ -442,12 +463,14 @@ pub(super) fn parse_store_url(url: &str) -> Result<StoreUrl, String> {
     }
     let scheme = url.split_once("://").map(|(s, _)| s);
     match scheme {
-        Some("redis" | "rediss" | "redis+cluster" | "rediss+cluster") => {
-            Ok(StoreUrl::Redis(Secret(url.to_owned())))
-        }
+        Some(
+            "redis" | "rediss" | "redis+cluster" | "rediss+cluster" | "redis+sentinel"
+            | "rediss+sentinel",
+        ) => Ok(StoreUrl::Redis(Secret(url.to_owned()))),
         _ => Err(format!(
             "'{}' is not a store URL: use memory://, redis://host:port, rediss://host:port, \
-             redis+cluster://h1:p1,h2:p2 or rediss+cluster://h1:p1,h2:p2",
+             redis+cluster://h1:p1,h2:p2, rediss+cluster://h1:p1,h2:p2, \
+             redis+sentinel://h1:p1,h2:p2/master-name or rediss+sentinel://h1:p1,h2:p2/master-name",
             redact_url(url)
         )),
     }

@@ -35,11 +35,15 @@ const BAD: &[(&str, &str)] = &[
     ),
     (
         "bad_store_url.toml",
-        "bad/bad_store_url.toml: store.url: 'mysql://root:***@db:3306' is not a store URL: use memory://, redis://host:port, rediss://host:port, redis+cluster://h1:p1,h2:p2 or rediss+cluster://h1:p1,h2:p2",
+        "bad/bad_store_url.toml: store.url: 'mysql://root:***@db:3306' is not a store URL: use memory://, redis://host:port, rediss://host:port, redis+cluster://h1:p1,h2:p2, rediss+cluster://h1:p1,h2:p2, redis+sentinel://h1:p1,h2:p2/master-name or rediss+sentinel://h1:p1,h2:p2/master-name",
     ),
     (
         "bad_timeout.toml",
         "bad/bad_timeout.toml: store.timeout: 'soon' is not a duration such as \"50ms\": expected number at 0",
+    ),
+    (
+        "batching_with_memory.toml",
+        "bad/batching_with_memory.toml: store.batching: applies to the Redis store only",
     ),
     (
         "cluster_connections.toml",
@@ -104,6 +108,14 @@ const BAD: &[(&str, &str)] = &[
     (
         "same_ports.toml",
         "bad/same_ports.toml: server.grpc: the same address as server.http (127.0.0.1:9000)",
+    ),
+    (
+        "sentinel_password_without_sentinel.toml",
+        "bad/sentinel_password_without_sentinel.toml: store.sentinel_password: applies to Sentinel store URLs only (redis+sentinel:// or rediss+sentinel://)",
+    ),
+    (
+        "sentinel_without_master.toml",
+        "bad/sentinel_without_master.toml: store.url: invalid setting `url`: redis+sentinel://127.0.0.1:26379: no master name; expected redis+sentinel://[user:password@]host:port,host:port/master-name",
     ),
     (
         "syntax.toml",
