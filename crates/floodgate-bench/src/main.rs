@@ -311,6 +311,10 @@ fn main() {
         );
         return;
     }
+    if args.get(1).is_some_and(|a| a == "redis-lease-worker") {
+        redis::lease_worker(&args[2..]);
+        return;
+    }
     if args.get(1).is_some_and(|a| a == "redis") {
         let runs = flag("--runs").map_or(3, |r| r.max(1) as usize);
         let millis = flag("--millis").unwrap_or(if quick { 300 } else { 2_000 });

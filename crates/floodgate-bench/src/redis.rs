@@ -155,6 +155,8 @@ pub(crate) fn run(runs: usize, millis: u64) {
     let mut ceiling = Vec::new();
     let mut cached = Vec::new();
     let mut uncached = Vec::new();
+    let mut leased: Vec<HotKey> = Vec::new();
+    let mut unleased: Vec<HotKey> = Vec::new();
     for run in 0..runs {
         eprintln!("redis run {}/{runs}", run + 1);
         same_depth.push(measured(&server, || {
@@ -174,6 +176,8 @@ pub(crate) fn run(runs: usize, millis: u64) {
         let (with, without) = runtime.block_on(deny_cache(&server.url(), millis));
         cached.push(with);
         uncached.push(without);
+        leased.push(hot_key_processes(&server, millis, true));
+        unleased.push(hot_key_processes(&server, millis, false));
     }
     let med = |samples: &[Sample], f: fn(&Sample) -> f64| {
         let mut v: Vec<f64> = samples.iter().map(f).collect();
@@ -263,6 +267,35 @@ pub(crate) fn run(runs: usize, millis: u64) {
         crate::median(&mut gains)
     );
 
+    println!(
+        "\nA hot key from {LEASE_PROCESSES} processes (each one thread, 64 checks in flight, batching on), \
+         limit 10000000/s so every check is allowed:\n"
+    );
+    println!("| leasing | admitted/s | denied/s | Redis calls/s | decisions per Redis call |");
+    println!("|:---|---:|---:|---:|---:|");
+    for (name, samples) in [("on, `lease(50 ms)`", &leased), ("off", &unleased)] {
+        let med = |f: fn(&HotKey) -> f64| {
+            let mut v: Vec<f64> = samples.iter().map(f).collect();
+            crate::median(&mut v)
+        };
+        println!(
+            "| {name} | {} | {} | {} | {:.1} |",
+            crate::human(med(|h| h.admitted)),
+            crate::human(med(|h| h.denied)),
+            crate::human(med(|h| h.calls)),
+            med(|h| h.admitted / h.calls.max(1e-9)),
+        );
+    }
+    let mut gains: Vec<f64> = leased
+        .iter()
+        .zip(&unleased)
+        .map(|(on, off)| on.admitted / off.admitted)
+        .collect();
+    println!(
+        "\nleasing on / off, admitted decisions per second (median of per-run ratios): **{:.1}×**",
+        crate::median(&mut gains)
+    );
+
     let (ours, minimal) = runtime.block_on(memory_per_key(&server, &sha));
     println!("\nRedis memory per key (used_memory delta over 50 000 keys, each with a TTL):\n");
     println!("| keys written by | bytes per key |");
@@ -335,6 +368,124 @@ async fn floodgate_checks(url: &str, setup: Setup, millis: u64) -> (Sample, Opti
         batch: f64::NAN,
     };
     (sample, Some(limiter.store().stats().decisions - sent))
+}
+
+/// Worker processes in the hot-key leasing cells.
+const LEASE_PROCESSES: usize = 4;
+
+/// One hot-key cell: per second, over all worker processes.
+struct HotKey {
+    admitted: f64,
+    denied: f64,
+    calls: f64,
+}
+
+/// Runs [`LEASE_PROCESSES`] copies of this benchmark as `redis-lease-worker`s on one hot
+/// key, started together, leasing or not; sums what they report.
+fn hot_key_processes(server: &RedisServer, millis: u64, lease: bool) -> HotKey {
+    server.cli(&["FLUSHALL"]);
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("{e}"));
+    let start = unix_ms() + 500;
+    let workers: Vec<_> = (0..LEASE_PROCESSES)
+        .map(|_| {
+            Command::new(&exe)
+                .args([
+                    "redis-lease-worker",
+                    &server.url(),
+                    &start.to_string(),
+                    &millis.to_string(),
+                    if lease { "50" } else { "0" },
+                ])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start a worker: {e}"))
+        })
+        .collect();
+    let mut total = HotKey {
+        admitted: 0.0,
+        denied: 0.0,
+        calls: 0.0,
+    };
+    for worker in workers {
+        let output = worker.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
+        let text = String::from_utf8_lossy(&output.stdout);
+        let fields: Vec<f64> = text
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        if let [admitted, denied, calls] = fields[..] {
+            let seconds = millis as f64 / 1e3;
+            total.admitted += admitted / seconds;
+            total.denied += denied / seconds;
+            total.calls += calls / seconds;
+        }
+    }
+    total
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A worker of [`hot_key_processes`]: `<url> <start, Unix ms> <millis> <lease ms, 0 for none>`;
+/// prints `admitted denied script-calls`.
+pub(crate) fn lease_worker(args: &[String]) {
+    let [url, start, millis, lease] = args else {
+        panic!("usage: redis-lease-worker <url> <start-ms> <millis> <lease-ms>");
+    };
+    let parse = |v: &str| -> u64 { v.parse().unwrap_or_else(|e| panic!("{v}: {e}")) };
+    let (start, millis, lease) = (parse(start), parse(millis), parse(lease));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    runtime.block_on(async move {
+        let mut builder = RedisStore::builder(url)
+            .deny_cache(0)
+            .timeout(Duration::from_secs(2));
+        if lease > 0 {
+            builder = builder.lease(Duration::from_millis(lease));
+        }
+        let store = builder.build().await.unwrap_or_else(|e| panic!("{e}"));
+        let limiter = Rc::new(RateLimiter::new(store));
+        let policy = Rc::new(Policy::parse("hot", "10000000/s").unwrap_or_else(|e| panic!("{e}")));
+        while unix_ms() < start {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let calls = limiter.store().stats().script_calls;
+        let deadline = Instant::now() + Duration::from_millis(millis);
+        let local = tokio::task::LocalSet::new();
+        let mut tasks = Vec::new();
+        for _ in 0..DEPTH {
+            let (limiter, policy) = (limiter.clone(), policy.clone());
+            tasks.push(local.spawn_local(async move {
+                let (mut admitted, mut denied) = (0u64, 0u64);
+                while Instant::now() < deadline {
+                    match limiter.check(&policy, "hot").await {
+                        Ok(d) if d.is_allowed() => admitted += 1,
+                        _ => denied += 1,
+                    }
+                    // Lease spends need no I/O: give the other tasks their turn.
+                    tokio::task::yield_now().await;
+                }
+                (admitted, denied)
+            }));
+        }
+        let (mut admitted, mut denied) = (0, 0);
+        local
+            .run_until(async {
+                for task in tasks {
+                    let (a, d) = task.await.unwrap_or_default();
+                    admitted += a;
+                    denied += d;
+                }
+            })
+            .await;
+        let calls = limiter.store().stats().script_calls - calls;
+        println!("{admitted} {denied} {calls}");
+    });
 }
 
 /// `redis-benchmark` running the minimal script with EVALSHA, 16-deep pipelines.

@@ -49,8 +49,10 @@ pub(crate) type Reply = RedisResult<Value>;
 pub(crate) struct Item {
     /// The Redis keys of its limits (one slot).
     pub(crate) keys: Vec<String>,
-    /// Operation code and cost (see `reply::wire`).
+    /// Operation code and cost (see `reply::wire`); for a lease, 0 and the tokens wanted.
     pub(crate) op: [i64; 2],
+    /// For a lease: the fewest tokens worth taking.
+    pub(crate) least: Option<i64>,
     /// Each limit's emission interval and burst, in the keys' order.
     pub(crate) limits: Vec<(i64, i64)>,
     /// The decision time sent to the script: -1 for Redis's clock.
@@ -59,9 +61,9 @@ pub(crate) struct Item {
 }
 
 impl Item {
-    /// Arguments this item adds to a call at most (its keys, its limit set, its two words).
+    /// Arguments this item adds to a call at most (its keys, its limit set, its words).
     fn args(&self) -> usize {
-        3 + 3 * self.limits.len()
+        4 + 3 * self.limits.len()
     }
 
     /// Bytes this item adds to a call, counted generously (an integer argument as 24).
@@ -145,6 +147,7 @@ impl Batcher {
         &self,
         keys: Vec<String>,
         op: [i64; 2],
+        least: Option<i64>,
         limits: Vec<(i64, i64)>,
         now: i64,
     ) -> oneshot::Receiver<Reply> {
@@ -157,6 +160,7 @@ impl Batcher {
         lane.submit(Item {
             keys,
             op,
+            least,
             limits,
             now,
             reply,
@@ -268,7 +272,7 @@ fn command(batch: &[Item]) -> redis::Cmd {
     let mut keys: Vec<&str> = Vec::with_capacity(batch.len());
     let mut set_index: HashMap<&[(i64, i64)], usize> = HashMap::new();
     let mut sets: Vec<&[(i64, i64)]> = Vec::new();
-    let mut words: Vec<(i64, i64)> = Vec::with_capacity(batch.len());
+    let mut words: Vec<(i64, i64, Option<i64>)> = Vec::with_capacity(batch.len());
     for item in batch {
         let first = item.keys.first().map_or("", String::as_str);
         let k = *key_index
@@ -285,6 +289,7 @@ fn command(batch: &[Item]) -> redis::Cmd {
         words.push((
             item.op[0] + 4 * item.op[1],
             1024 * i64::try_from(k).unwrap_or(i64::MAX) + i64::try_from(s).unwrap_or(0),
+            item.least,
         ));
     }
     let args =
@@ -306,10 +311,26 @@ fn command(batch: &[Item]) -> redis::Cmd {
             command.arg(interval).arg(burst);
         }
     }
-    for (op, at) in words {
+    for (op, at, least) in words {
         command.arg(op).arg(at);
+        if let Some(least) = least {
+            command.arg(least);
+        }
     }
     command
+}
+
+/// Sends `item` alone as a batch on `connection` (a lease with batching off), and returns
+/// its reply.
+pub(crate) async fn send_alone(connection: &Connection, item: &Item) -> Reply {
+    let command = command(std::slice::from_ref(item));
+    match connection.run_batch(0, &command, &BATCH).await? {
+        Value::Array(mut replies) if replies.len() == 1 => match replies.remove(0) {
+            Value::ServerError(error) => Err(error.into()),
+            reply => Ok(reply),
+        },
+        _ => Ok(Value::Nil),
+    }
 }
 
 /// Why a decision's reply never came: its batch was dropped with the runtime.

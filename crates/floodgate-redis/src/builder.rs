@@ -12,6 +12,7 @@ use crate::cache::DenyCache;
 use crate::connection::Connection;
 use crate::failure::{Breaker, Fallback};
 use crate::keys;
+use crate::lease::{LeaseTimes, Leases};
 use crate::store::{RedisStore, store_error};
 use crate::url::{Target, cluster_nodes, redact_url, sanitize, sentinel_target};
 
@@ -39,6 +40,7 @@ pub struct RedisStoreBuilder<C: Clock = MonotonicClock> {
     connections: usize,
     batching: bool,
     sentinel_password: Option<String>,
+    leases: LeaseTimes,
 }
 
 impl RedisStore {
@@ -65,6 +67,7 @@ impl RedisStore {
             connections: 1,
             batching: true,
             sentinel_password: None,
+            leases: LeaseTimes::default(),
         }
     }
 }
@@ -133,6 +136,26 @@ impl<C: Clock> RedisStoreBuilder<C> {
         self
     }
 
+    /// Token leasing for every policy, with lease time `lease` (see also
+    /// [`lease_for`](Self::lease_for)): a key this node decides often takes a share of its
+    /// tokens from Redis in one call and spends them here for at most `lease`, measured from
+    /// when the lease request was sent; unspent tokens expire. Keys this node uses less than
+    /// twice per `lease` are decided one exact call at a time. The cost: over any window Δ a
+    /// key admits at most `B + ⌊r·(Δ + lease)⌋` — the burst grows by at most `r·lease`.
+    /// `charge` and `peek` always go to Redis; `reset` drops this node's lease only (other
+    /// nodes spend theirs). A standalone server or Sentinel only, not a Cluster.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.leases.default = Some(lease);
+        self
+    }
+
+    /// Token leasing for one policy name, with its own lease time (overriding
+    /// [`lease`](Self::lease) for it).
+    pub fn lease_for(mut self, policy_name: impl Into<String>, lease: Duration) -> Self {
+        self.leases.overrides.insert(policy_name.into(), lease);
+        self
+    }
+
     /// How many denied keys this node remembers (default 100 000; 0 turns the cache off).
     /// While Redis's last answer for a key still denies, later checks of that key are
     /// denied here without a round trip, with the same arithmetic; anything that might pass
@@ -178,6 +201,7 @@ impl<C: Clock> RedisStoreBuilder<C> {
             connections: self.connections,
             batching: self.batching,
             sentinel_password: self.sentinel_password,
+            leases: self.leases,
         }
     }
 
@@ -208,6 +232,21 @@ impl<C: Clock> RedisStoreBuilder<C> {
         check_connections(&self.url, self.connections).map_err(|r| config("connections", r))?;
         if self.timeout.is_zero() {
             return Err(config("timeout", "must be longer than zero".into()));
+        }
+        if self.leases.default.is_some_and(|l| l.is_zero()) {
+            return Err(config("lease", "must be longer than zero".into()));
+        }
+        if let Some((name, _)) = self.leases.overrides.iter().find(|(_, l)| l.is_zero()) {
+            return Err(config(
+                "lease_for",
+                format!("policy {name:?}: must be longer than zero"),
+            ));
+        }
+        if !self.leases.is_empty() && cluster_nodes(&self.url).is_some() {
+            return Err(config(
+                "lease",
+                "a Cluster does not lease (a standalone server or Sentinel does)".into(),
+            ));
         }
         if self.url.starts_with("rediss") && !cfg!(feature = "tls") {
             return Err(config(
@@ -335,6 +374,7 @@ impl<C: Clock> RedisStoreBuilder<C> {
             cache: DenyCache::new(self.deny_cache).map(Arc::new),
             batcher,
             counters,
+            leases: Leases::new(self.leases).map(Arc::new),
         };
         store.warn_if_keys_can_be_evicted().await;
         Ok(store)

@@ -75,6 +75,21 @@
 //! keys of one script call must share a slot, so a Cluster batch could only group decisions
 //! on keys of one slot — in practice, repeated decisions on one hot key.
 //!
+//! # Token leasing
+//!
+//! Opt-in per policy ([`RedisStoreBuilder::lease`], [`RedisStoreBuilder::lease_for`]): a key
+//! this node decides at least twice per lease time `L` takes a share of its tokens from
+//! Redis in one call — about what it used in the last `L`, at most a quarter of the
+//! smallest burst, the same number from every limit, all or nothing — and spends them here
+//! until the lease ends, `L` after the request was sent. Such admissions report
+//! [`DecisionSource::Lease`](floodgate::DecisionSource::Lease), with `remaining` the tokens
+//! left in the lease. Unspent tokens expire; they are never returned. Over any window Δ a
+//! key admits at most `B + ⌊r·(Δ + L)⌋` (the proof is in floodgate's guide); a `reset`
+//! drops this node's lease only, so across it a window admits at most `2B + ⌊r·(Δ + L)⌋`.
+//! Keys used less often are decided one exact call at a time. `charge` and `peek` always
+//! go to Redis. [`RedisStore::lease_tokens`] counts leased, spent and expired tokens. A
+//! Cluster does not lease.
+//!
 //! # Policy changes
 //!
 //! State is keyed by the policy's *name*: changing a policy's rates under the same name keeps
@@ -89,6 +104,7 @@ mod cache;
 mod connection;
 mod failure;
 mod keys;
+mod lease;
 mod reply;
 mod sentinel;
 mod store;
@@ -101,7 +117,7 @@ pub use floodgate::FailurePolicy;
 #[doc(hidden)]
 pub mod fuzzing;
 pub use builder::{MAX_CONNECTIONS, RedisStoreBuilder, check_connections};
-pub use store::{RedisStats, RedisStore};
+pub use store::{LeaseTokens, RedisStats, RedisStore};
 pub use url::redact_url;
 
 /// The README's examples (core and Redis), compiled and run as doctests.

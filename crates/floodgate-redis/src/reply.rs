@@ -36,6 +36,18 @@ pub(crate) fn read_reply(
     }
 }
 
+/// The tokens of a granted lease (`{2, k, ahead_1..n}` from the batch script), or `None`
+/// for any other reply (a refused lease is an ordinary denial).
+pub(crate) fn lease_granted(reply: &redis::Value, limits: usize) -> Option<u64> {
+    match reply {
+        redis::Value::Array(items) if items.len() == 2 + limits => match items[..2] {
+            [redis::Value::Int(2), redis::Value::Int(k)] if k >= 1 => u64::try_from(k).ok(),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 /// The decision in a script reply (`{allowed, denied_by, retry_after, ahead_1..n}`), and
 /// each limit's TAT ahead of the decision time (µs).
 pub(crate) fn parse_reply(reply: &[i64], rates: &[Rate]) -> Result<(Decision, Vec<u64>), Error> {

@@ -6,13 +6,15 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use floodgate::store::{self, Op};
-use floodgate::{Clock, Decision, Error, Limit, MonotonicClock, Policy, Store};
+use floodgate::{Clock, Decision, DecisionSource, Error, Limit, MonotonicClock, Policy, Store};
 
 use crate::batch::{self, Batcher, Counters};
 use crate::cache::DenyCache;
 use crate::connection::Connection;
 use crate::failure::{Breaker, Fallback, Gate};
 use crate::keys;
+use crate::lease::{Leases, Plan};
+use crate::reply;
 use crate::reply::{read_reply, wire};
 use crate::url::sanitize;
 
@@ -41,6 +43,22 @@ pub struct RedisStore<C: Clock = MonotonicClock> {
     /// Exact batching (standalone servers): `None` sends each decision as its own call.
     pub(crate) batcher: Option<Arc<Batcher>>,
     pub(crate) counters: Arc<Counters>,
+    /// Token leasing, when some policy leases.
+    pub(crate) leases: Option<Arc<Leases>>,
+}
+
+/// One policy's leased tokens: [`RedisStore::lease_tokens`]. Leased tokens are spent or
+/// expire; `leased − spent − expired` are held in leases now.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LeaseTokens {
+    /// Taken from Redis by leases.
+    pub leased: u64,
+    /// Spent from leases: admissions without a round trip (each lease requester's own
+    /// cost included).
+    pub spent: u64,
+    /// Unspent when their lease ended (or was dropped by a reset).
+    pub expired: u64,
 }
 
 /// What a [`RedisStore`] has sent to Redis since it was built (shared by its clones):
@@ -55,6 +73,13 @@ pub struct RedisStats {
     pub decisions: u64,
     /// Behind Sentinel: how many times the store moved to a new master (0 otherwise).
     pub master_switches: u64,
+    /// Token leasing: tokens leased from Redis, spent from leases (each an admission
+    /// without a round trip, the requester's own included), and expired unspent.
+    pub leased_tokens: u64,
+    /// See [`leased_tokens`](Self::leased_tokens).
+    pub spent_lease_tokens: u64,
+    /// See [`leased_tokens`](Self::leased_tokens).
+    pub expired_lease_tokens: u64,
 }
 
 impl<C: Clock> RedisStore<C> {
@@ -83,12 +108,42 @@ impl<C: Clock> RedisStore<C> {
         }
     }
 
+    /// One policy's leased tokens so far: leased from Redis, spent from leases, expired
+    /// unspent (all zero for a policy that does not lease).
+    pub fn lease_tokens(&self, policy_name: &str) -> LeaseTokens {
+        let Some(leases) = &self.leases else {
+            return LeaseTokens::default();
+        };
+        leases.sweep(self.clock.now_nanos());
+        let c = leases.policy_counters(policy_name);
+        LeaseTokens {
+            leased: c.leased.load(Ordering::Relaxed),
+            spent: c.spent.load(Ordering::Relaxed),
+            expired: c.expired.load(Ordering::Relaxed),
+        }
+    }
+
     /// What this store (and its clones) has sent to Redis so far.
     pub fn stats(&self) -> RedisStats {
+        let (leased, spent, expired) = match &self.leases {
+            Some(leases) => {
+                leases.sweep(self.clock.now_nanos());
+                let c = &leases.counters;
+                (
+                    c.leased.load(Ordering::Relaxed),
+                    c.spent.load(Ordering::Relaxed),
+                    c.expired.load(Ordering::Relaxed),
+                )
+            }
+            None => (0, 0, 0),
+        };
         RedisStats {
             script_calls: self.counters.calls.load(Ordering::Relaxed),
             decisions: self.counters.decisions.load(Ordering::Relaxed),
             master_switches: self.connection.master_switches(),
+            leased_tokens: leased,
+            spent_lease_tokens: spent,
+            expired_lease_tokens: expired,
         }
     }
 
@@ -112,24 +167,88 @@ impl<C: Clock> RedisStore<C> {
             ));
             return self.fallback.decide(policy, key, op, error, wait).await;
         }
+        // A hot key of a leasing policy: spend this node's lease, or ask for one.
+        let mut lease = None;
+        if let (Some(leases), Op::Acquire(cost)) = (&self.leases, op) {
+            let mut waited = Duration::ZERO;
+            loop {
+                match leases.plan(policy, key, cost, self.clock.now_nanos()) {
+                    Plan::Single => break,
+                    Plan::Spent(left) => {
+                        tokio::task::consume_budget().await;
+                        return Ok(leased(policy, left));
+                    }
+                    // Another caller is asking for this key's lease: wait for it (a missed
+                    // wake-up costs one step), then try again; past the timeout, decide alone.
+                    Plan::Wait(notify) if waited < self.timeout => {
+                        let step = Duration::from_millis(2);
+                        let _ = tokio::time::timeout(step, notify.notified()).await;
+                        waited += step;
+                    }
+                    Plan::Wait(_) => break,
+                    Plan::Request {
+                        wanted,
+                        sent,
+                        length,
+                    } => {
+                        lease = Some(Pending {
+                            leases,
+                            policy,
+                            key,
+                            wanted,
+                            cost,
+                            sent,
+                            length,
+                            open: true,
+                        });
+                        break;
+                    }
+                }
+            }
+        }
         let keys = keys::keys(&self.prefix, policy, key);
         let now = if self.send_time {
             i64::try_from(self.clock.now_nanos() / UNIT_NS).unwrap_or(i64::MAX)
         } else {
             -1
         };
+        let limits_of = || -> Vec<(i64, i64)> {
+            rates
+                .iter()
+                .map(|rate| {
+                    (
+                        i64::try_from(rate.interval()).unwrap_or(i64::MAX),
+                        i64::try_from(rate.burst()).unwrap_or(i64::MAX),
+                    )
+                })
+                .collect()
+        };
+        let (words, least) = match &lease {
+            Some(lease) => (
+                [0, i64::try_from(lease.wanted).unwrap_or(i64::MAX)],
+                Some(i64::from(lease.cost)),
+            ),
+            None => (wire(op), None),
+        };
         let (reply, counted) = match &self.batcher {
+            None if lease.is_some() => {
+                // Batching off: a lease still goes through the batch script, alone.
+                let (reply, _) = tokio::sync::oneshot::channel();
+                let item = batch::Item {
+                    keys,
+                    op: words,
+                    least,
+                    limits: limits_of(),
+                    now,
+                    reply,
+                };
+                self.counters.count(1);
+                let call =
+                    tokio::time::timeout(self.timeout, batch::send_alone(&self.connection, &item));
+                (call.await.unwrap_or_else(|_| Err(timed_out())), false)
+            }
             Some(batcher) => {
-                let limits = rates
-                    .iter()
-                    .map(|rate| {
-                        (
-                            i64::try_from(rate.interval()).unwrap_or(i64::MAX),
-                            i64::try_from(rate.burst()).unwrap_or(i64::MAX),
-                        )
-                    })
-                    .collect();
-                let receiver = batcher.submit(keys, wire(op), limits, now);
+                let receiver = batcher.submit(keys, words, least, limits_of(), now);
                 // The batch has told the circuit breaker how it went, once for all of its
                 // decisions; a caller that stops waiting leaves the count to its batch.
                 let reply = match tokio::time::timeout(self.timeout, receiver).await {
@@ -158,6 +277,12 @@ impl<C: Clock> RedisStore<C> {
             Ok(reply) => {
                 if !counted {
                     self.breaker.success();
+                }
+                if let Some(mut lease) = lease {
+                    if let Some(granted) = reply::lease_granted(&reply, rates.len()) {
+                        return Ok(leased(policy, lease.grant(granted)));
+                    }
+                    // Refused: the denial an acquire of its cost gets (the lease is dropped).
                 }
                 let (decision, ahead) = read_reply(reply, rates)?;
                 if let Some(cache) = &self.cache {
@@ -261,6 +386,9 @@ impl<C: Clock> Store for RedisStore<C> {
 
     async fn reset(&self, policy: &Policy, key: &str) -> Result<(), Error> {
         self.fallback.reset(policy, key).await;
+        if let Some(leases) = &self.leases {
+            leases.forget(policy, key);
+        }
         if let Some(cache) = &self.cache {
             cache.forget(policy, key);
         }
@@ -287,6 +415,55 @@ impl<C: Clock> fmt::Debug for RedisStore<C> {
             .field("on_failure_for", &self.fallback.overrides)
             .finish()
     }
+}
+
+/// A lease request on its way: settles the key's pending lease when granted, and when
+/// dropped without a grant (refused, failed, or the caller gone), so that other callers
+/// waiting for it go on.
+struct Pending<'a> {
+    leases: &'a Leases,
+    policy: &'a Policy,
+    key: &'a str,
+    wanted: u64,
+    cost: u32,
+    sent: u64,
+    length: Duration,
+    open: bool,
+}
+
+impl Pending<'_> {
+    /// `granted` tokens came back: the requester spends its cost; the tokens left.
+    fn grant(&mut self, granted: u64) -> u64 {
+        self.open = false;
+        self.leases.granted(
+            self.policy,
+            self.key,
+            granted,
+            self.cost,
+            self.sent,
+            self.length,
+        )
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            self.leases
+                .granted(self.policy, self.key, 0, self.cost, self.sent, self.length);
+        }
+    }
+}
+
+/// An admission served from this node's lease, `left` tokens remaining in it.
+fn leased(policy: &Policy, left: u64) -> Decision {
+    let limit = policy
+        .limits()
+        .iter()
+        .map(|l| u64::from(l.capacity()))
+        .min()
+        .unwrap_or(0);
+    Decision::allow(limit, left).with_source(DecisionSource::Lease)
 }
 
 pub(crate) fn store_error(message: String) -> Error {

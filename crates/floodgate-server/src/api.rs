@@ -15,7 +15,7 @@ use floodgate_tower::headers::{self, ceil_secs};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 
 use crate::request;
-use crate::state::{Served, ServedPolicy, Shared};
+use crate::state::{AnyStore, Served, ServedPolicy, Shared};
 
 /// The largest request body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -437,14 +437,52 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    let mut text = shared.metrics.render();
+    lease_metrics(&shared.served.load(), &mut text);
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        shared.metrics.render(),
+        text,
     )
         .into_response()
+}
+
+/// `floodgate_lease_tokens_total` for the policies that lease (Redis stores only), read
+/// from the store: it restarts from zero when a reload rebuilds the store.
+fn lease_metrics(served: &Served, out: &mut String) {
+    use std::fmt::Write as _;
+    let AnyStore::Redis(store) = served.limiter.store() else {
+        return;
+    };
+    let mut leasing = served
+        .config
+        .policies
+        .iter()
+        .filter(|(_, p)| p.lease.is_some())
+        .peekable();
+    if leasing.peek().is_none() {
+        return;
+    }
+    out.push_str(
+        "# HELP floodgate_lease_tokens_total Leased tokens by policy: taken from Redis \
+         (leased), spent here without a round trip (spent), ended unspent (expired).\n\
+         # TYPE floodgate_lease_tokens_total counter\n",
+    );
+    for (name, _) in leasing {
+        let tokens = store.lease_tokens(name);
+        for (kind, count) in [
+            ("leased", tokens.leased),
+            ("spent", tokens.spent),
+            ("expired", tokens.expired),
+        ] {
+            let _ = writeln!(
+                out,
+                "floodgate_lease_tokens_total{{policy=\"{name}\",kind=\"{kind}\"}} {count}"
+            );
+        }
+    }
 }
 
 async fn method_not_allowed() -> Response {

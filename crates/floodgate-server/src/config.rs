@@ -194,6 +194,8 @@ pub struct StoreConfig {
 pub struct PolicyConfig {
     /// The policy (its name is the table key).
     pub policy: Policy,
+    /// `lease`: token leasing with this lease time (Redis stores only).
+    pub lease: Option<Duration>,
     /// This policy's failure policy (the store's when `None`).
     pub on_error: Option<FailurePolicy>,
     /// Shadow mode: answer `allowed`, report what would have happened.
@@ -271,7 +273,7 @@ impl Config {
 
         let server = server_section(raw.server, file)?;
         let store = store_section(raw.store, file, dir)?;
-        let policies = policies_section(raw.policies, file, store.local_share)?;
+        let policies = policies_section(raw.policies, file, store.local_share, &store.url)?;
         let (envoy, envoy_dir, envoy_options) = envoy_section(raw.envoy, file, dir)?;
         if policies.is_empty() && envoy.is_empty() {
             return Err(err(
@@ -406,6 +408,9 @@ impl Config {
             }
             if p.shadow {
                 let _ = write!(out, " (shadow)");
+            }
+            if let Some(lease) = p.lease {
+                let _ = write!(out, " (lease {})", humantime::format_duration(lease));
             }
             let _ = writeln!(out);
         }

@@ -265,12 +265,14 @@ impl Served {
 }
 
 fn same_store(a: &Config, b: &Config) -> bool {
-    let overrides = |c: &Config| -> Vec<(String, Option<FailurePolicy>)> {
-        c.policies
-            .iter()
-            .map(|(name, p)| (name.clone(), p.on_error))
-            .collect()
-    };
+    // The Redis store is built with each policy's failure policy and lease time.
+    let overrides =
+        |c: &Config| -> Vec<(String, Option<FailurePolicy>, Option<std::time::Duration>)> {
+            c.policies
+                .iter()
+                .map(|(name, p)| (name.clone(), p.on_error, p.lease))
+                .collect()
+        };
     a.store == b.store && (a.store.url == StoreUrl::Memory || overrides(a) == overrides(b))
 }
 
@@ -291,6 +293,9 @@ fn redis_builder(config: &Config, url: &str) -> floodgate_redis::RedisStoreBuild
     for (name, p) in &config.policies {
         if let Some(on_error) = p.on_error {
             builder = builder.on_failure_for(name.clone(), on_error);
+        }
+        if let Some(lease) = p.lease {
+            builder = builder.lease_for(name.clone(), lease);
         }
     }
     if let Some((_, pem)) = &config.store.tls_ca {

@@ -19,6 +19,9 @@ pub enum DecisionSource {
     FailOpen,
     /// The store failed and the failure policy denied the request.
     FailClosed,
+    /// Admitted from tokens this node leased from the shared store earlier (Redis token
+    /// leasing); `remaining` is what is left of that lease.
+    Lease,
 }
 
 /// The answer to a request: allowed or denied, and the state of the deciding limit.

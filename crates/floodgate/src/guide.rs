@@ -113,6 +113,50 @@
 //! [`apply`](crate::Store::apply) with a [`store::Op`](crate::store::Op), plus `reset` and
 //! `clock`; costs reach it already validated by the facade.
 //!
+//! ## The Redis store across nodes: batching, leasing, failover
+//!
+//! The Redis store (crate `floodgate-redis`) makes three claims beyond one atomic script
+//! per decision; each rests on an argument short enough to state here.
+//!
+//! **Exact batching changes nothing.** A batch is one script call, so Redis runs it
+//! atomically, with one time `now` for the whole call. The batch script reads each key once
+//! and then decides its items in order against the values as decided so far — the state
+//! a sequence of single calls at the same `now` would see, since each single call reads
+//! what the previous one wrote. Each item's arithmetic is the single script's, line for
+//! line, so item `i` gets the reply call `i` would have got. At the end each changed key is
+//! written once, with its final value and the TTL of that value (`ceil((TAT − now)/1 ms)`),
+//! which is what the last single call touching it would have written, since all of them
+//! share `now`. Validation comes before any write, so a failing item leaves the state as a
+//! failing single call does: unchanged. The property test in `floodgate-redis`'s `store`
+//! suite checks all of it — replies, stored values and TTLs — against single calls.
+//!
+//! **Leasing costs at most `r·L`.** A lease of `k` tokens is, to the shared bucket, one
+//! admission of cost `k` at Redis time `g`, so the grants of any window of length `w` total
+//! at most `B + ⌊r·w⌋` (the token bucket's own bound, which every single decision is part
+//! of too). The node spends a leased token at a time `s` after the reply came back, so
+//! `s ≥ g`, and before `sent + L`, where `sent` is when the node sent the request, so
+//! `sent ≤ g` and `s < g + L`. Hence every token spent in `[a, a + Δ]` was granted in
+//! `(a − L, a + Δ]`, a window of length `Δ + L`, and at most `B + ⌊r·(Δ + L)⌋` are admitted
+//! in any window of length Δ. Two assumptions: this node's clock runs at Redis's rate over
+//! `L` (one host: the same clock; across hosts, drift is parts per million of `L`), and
+//! unspent tokens are not returned — they expire. (Returning them by moving the TAT back
+//! lets a node hold `r·L` more each round after another node drained the refilled bucket,
+//! without limit.) A `reset` deletes the key's state while other nodes may still hold
+//! leases, granted in the window before it; the bucket restarts full, so across a reset a
+//! window admits at most `2B + ⌊r·(Δ + L)⌋` — as across a Redis restart.
+//!
+//! **A failover costs at most a burst, plus what refills while the store still writes to
+//! the old master.** Say the replica is promoted at time `p` and the store stops writing to
+//! the old master at `p + W`. Each key then has two buckets: the old master's, written up to
+//! `p + W`, and the new master's, written from `p` on, starting from whatever replication
+//! had shipped (possibly an older, fuller state). Each is a token bucket of its own, so
+//! within any window it admits at most `B + ⌊r·d⌋`, `d` being how much of the window it
+//! was written in. A window of length Δ overlaps the old master's time by `d₁` and the new
+//! master's by `d₂`, with `d₁ + d₂ ≤ Δ + W` (the two overlap at most during `[p, p + W]`).
+//! So a window admits at most `2B + ⌊r·d₁⌋ + ⌊r·d₂⌋ ≤ 2B + ⌊r·(Δ + W)⌋`, whatever
+//! replication lost. Behind Sentinel, `W` ends when the store hears `+switch-master` (or
+//! at its once-a-second check, or at a `READONLY`); the Sentinel test measures it.
+//!
 //! ## The server's connection bounds
 //!
 //! The `floodgate` server (crate `floodgate-server`) states three bounds on connections; each

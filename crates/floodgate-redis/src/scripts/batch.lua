@@ -12,6 +12,13 @@
 --                 op + 4 * cost        (op and cost as decide.lua's ARGV[1] and ARGV[2])
 --                 1024 * key + set     (key: 1-based index of the item's limit 0 in KEYS;
 --                                       set: 1-based index of its limit set, < 1024)
+--               or, for a lease (op 0), three:
+--                 4 * wanted, 1024 * key + set, least
+--               A lease takes the same number of tokens, k, from every limit of its set:
+--               as many as all of them can give now, at most `wanted`, and at least
+--               `least` (1 to 2^32 - 1), all or nothing. Granted, its reply is
+--               { 2, k, ahead_1, ..., ahead_n }; refused, it is the denial an acquire of
+--               `least` would get.
 --
 -- Reply: an array with one element per item, what decide.lua would have replied to it:
 -- its integer or array reply, or its error reply (a bad operation, cost or limit, or a
@@ -53,8 +60,7 @@ for s = 1, nsets do
   size[s], interval[s], tolerance[s] = n, ts, tols
   pos = pos + 1 + 2 * n
 end
-local m = (nargs - pos + 1) / 2
-if m < 1 or m % 1 ~= 0 then return malformed('items') end
+if pos + 1 > nargs then return malformed('items') end
 
 local min_ttl = 1
 if now >= 0 then
@@ -99,10 +105,18 @@ local function write(k, tat)
 end
 
 local reply = {}
-for item = 1, m do
+local item = 0
+while pos <= nargs do
+  item = item + 1
   local w1, w2 = tonumber(ARGV[pos]), tonumber(ARGV[pos + 1])
   pos = pos + 2
   if not w1 or not w2 or w2 % 1 ~= 0 then return malformed('item ' .. item) end
+  local least
+  if w1 % 4 == 0 then
+    least = tonumber(ARGV[pos])
+    pos = pos + 1
+    if not least then return malformed('item ' .. item) end
+  end
   local s = w2 % 1024
   local k = (w2 - s) / 1024
   if s < 1 or s > nsets or k < 1 or k + size[s] - 1 > nkeys then
@@ -111,11 +125,59 @@ for item = 1, m do
   local op = w1 % 4
   local cost = (w1 - op) / 4
   local n = size[s]
-  if not (op == 1 or op == 2 or op == 3)
-    or cost % 1 ~= 0 or cost < 1 or cost > 4294967295 then
+  if w1 % 1 ~= 0 or cost < 1 or cost > 4294967295
+    or (op == 0 and (least % 1 ~= 0 or least < 1 or least > 4294967295)) then
     reply[item] = redis.error_reply('floodgate: bad operation, cost or time argument')
   elseif bad[s] then
     reply[item] = redis.error_reply('floodgate: bad limit argument for key ' .. KEYS[k + bad[s] - 1])
+  elseif op == 0 then
+    -- A lease: up to `cost` (wanted) tokens from every limit, at least `least`.
+    local tat, err = {}, nil
+    for i = 1, n do
+      tat[i] = state(k + i - 1)
+      if not tat[i] then
+        err = 'floodgate: corrupted state at key ' .. KEYS[k + i - 1]
+        break
+      end
+    end
+    if err then
+      reply[item] = redis.error_reply(err)
+    else
+      local ts, tols = interval[s], tolerance[s]
+      local take = cost
+      for i = 1, n do
+        local base = tat[i]
+        if base < now then base = now end
+        local fits = math.floor((now + tols[i] - base) / ts[i])
+        if fits < take then take = fits end
+      end
+      if take >= least then
+        local r = { 2, take }
+        for i = 1, n do
+          local base = tat[i]
+          if base < now then base = now end
+          local after = base + take * ts[i]
+          write(k + i - 1, after)
+          r[2 + i] = after - now
+        end
+        reply[item] = r
+      else
+        local worst, wait = 0, 0
+        for i = 1, n do
+          local base = tat[i]
+          if base < now then base = now end
+          local w = base + least * ts[i] - now - tols[i]
+          if w > wait then worst, wait = i - 1, w end
+        end
+        local r = { 0, worst, wait }
+        for i = 1, n do
+          local ahead = tat[i] - now
+          if ahead < 0 then ahead = 0 end
+          r[3 + i] = ahead
+        end
+        reply[item] = r
+      end
+    end
   elseif n == 1 then
     local tat = state(k)
     if not tat then

@@ -12,4 +12,5 @@ mod basics;
 mod batching;
 mod conformance;
 mod deny_cache;
+mod leasing;
 mod tls;

@@ -68,6 +68,7 @@ struct RawPolicy {
     on_error: Option<RawOnError>,
     #[serde(default)]
     shadow: bool,
+    lease: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -338,6 +339,7 @@ pub(super) fn policies_section(
     raw: BTreeMap<String, toml::Value>,
     file: &Path,
     local_share: Option<f64>,
+    store: &StoreUrl,
 ) -> Result<BTreeMap<String, PolicyConfig>, ConfigError> {
     let err = |key: &str, reason: String| ConfigError::new(file, key, reason);
     let on_error = |raw: RawOnError| {
@@ -352,16 +354,39 @@ pub(super) fn policies_section(
                 format!("names starting with '{RESERVED_PREFIX}' are reserved for Envoy rules"),
             ));
         }
-        let (limits, on_error, shadow) = match value {
-            toml::Value::String(limits) => (limits, None, false),
+        let (limits, on_error, shadow, lease) = match value {
+            toml::Value::String(limits) => (limits, None, false, None),
             toml::Value::Table(table) => {
                 let raw: RawPolicy = toml::Value::Table(table)
                     .try_into()
                     .map_err(|e: toml::de::Error| err(&key, e.message().to_owned()))?;
+                let lease = match raw.lease {
+                    None => None,
+                    Some(_) if !matches!(store, StoreUrl::Redis(_)) => {
+                        return Err(err(
+                            &format!("{key}.lease"),
+                            "token leasing needs a Redis store (the memory store is local \
+                             already)"
+                                .into(),
+                        ));
+                    }
+                    Some(_) if store.is_cluster() => {
+                        return Err(err(
+                            &format!("{key}.lease"),
+                            "a Cluster does not lease (a standalone server or Sentinel does)"
+                                .into(),
+                        ));
+                    }
+                    Some(text) => Some(
+                        parse_duration(&text, Duration::from_secs(60))
+                            .map_err(|reason| err(&format!("{key}.lease"), reason))?,
+                    ),
+                };
                 (
                     raw.limits,
                     raw.on_error.map(on_error).transpose()?,
                     raw.shadow,
+                    lease,
                 )
             }
             other => {
@@ -385,6 +410,7 @@ pub(super) fn policies_section(
                 policy,
                 on_error,
                 shadow,
+                lease,
             },
         );
     }

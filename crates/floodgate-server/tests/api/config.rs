@@ -58,6 +58,10 @@ const BAD: &[(&str, &str)] = &[
         "bad/../../envoy/valid/basic_config.yaml: the file is 1431 bytes, over the cap of 100 bytes (envoy.max_file_bytes)",
     ),
     (
+        "lease_with_memory.toml",
+        "bad/lease_with_memory.toml: policies.hot.lease: token leasing needs a Redis store (the memory store is local already)",
+    ),
+    (
         "local_without_share.toml",
         "bad/local_without_share.toml: store.local_share: required when on_error is \"local\" (the fraction of each limit one node may use, e.g. 0.25 for 4 nodes)",
     ),
@@ -95,7 +99,7 @@ const BAD: &[(&str, &str)] = &[
     ),
     (
         "policy_unknown_key.toml",
-        "bad/policy_unknown_key.toml: policies.login: unknown field `shadw`, expected one of `limits`, `on_error`, `shadow`",
+        "bad/policy_unknown_key.toml: policies.login: unknown field `shadw`, expected one of `limits`, `on_error`, `shadow`, `lease`",
     ),
     (
         "redis_url_unparsable.toml",

@@ -500,3 +500,50 @@ tight = "1/hour burst 3"
     assert_eq!(stored, 3, "one bucket per key, in the Cluster");
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leasing_policy_serves_a_hot_key_from_its_lease_and_counts_the_tokens() {
+    let redis = RedisServer::start();
+    let dir = TempDir::new("lease");
+    let config = format!(
+        r#"
+[store]
+url = "{}"
+timeout = "500ms"
+
+[policies]
+hot = {{ limits = "1/h burst 400", lease = "10s" }}
+plain = "1/h burst 400"
+"#,
+        redis.url()
+    );
+    let server = server_with(&dir, &config).await;
+    let addr = server.http_addr();
+    for _ in 0..50 {
+        let reply = post(addr, "/v1/check", r#"{"policy":"hot","key":"k"}"#).await;
+        assert_eq!(reply.status, 200, "{reply:?}");
+        post(addr, "/v1/check", r#"{"policy":"plain","key":"k"}"#).await;
+    }
+    let metrics = get(addr, "/metrics").await.body;
+    let count = |kind: &str| -> u64 {
+        let prefix = format!("floodgate_lease_tokens_total{{policy=\"hot\",kind=\"{kind}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {kind} series in\n{metrics}"))
+    };
+    // The first check is one call; from the second on, the key leases.
+    assert_eq!(count("spent"), 49, "{metrics}");
+    assert!(count("leased") >= 49, "{metrics}");
+    assert_eq!(count("expired"), 0);
+    assert!(
+        !metrics.contains("policy=\"plain\",kind="),
+        "a policy without a lease has no lease series"
+    );
+    // The shared bucket lost every leased token: a plain peek from Redis shows it.
+    let peek = post(addr, "/v1/peek", r#"{"policy":"hot","key":"k"}"#)
+        .await
+        .json();
+    assert_eq!(peek["remaining"], 400 - 1 - count("leased"));
+}
