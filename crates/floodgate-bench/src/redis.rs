@@ -269,7 +269,7 @@ pub(crate) fn run(runs: usize, millis: u64) {
 
     println!(
         "\nA hot key from {LEASE_PROCESSES} processes (each one thread, 64 checks in flight, batching on), \
-         limit 10000000/s so every check is allowed:\n"
+         limit 1000000/s burst 1000000000 so every check is allowed:\n"
     );
     println!("| leasing | admitted/s | denied/s | Redis calls/s | decisions per Redis call |");
     println!("|:---|---:|---:|---:|---:|");
@@ -279,10 +279,10 @@ pub(crate) fn run(runs: usize, millis: u64) {
             crate::median(&mut v)
         };
         println!(
-            "| {name} | {} | {} | {} | {:.1} |",
+            "| {name} | {} | {} | {:.0} | {:.0} |",
             crate::human(med(|h| h.admitted)),
             crate::human(med(|h| h.denied)),
-            crate::human(med(|h| h.calls)),
+            med(|h| h.calls),
             med(|h| h.admitted / h.calls.max(1e-9)),
         );
     }
@@ -409,6 +409,7 @@ fn hot_key_processes(server: &RedisServer, millis: u64, lease: bool) -> HotKey {
     for worker in workers {
         let output = worker.wait_with_output().unwrap_or_else(|e| panic!("{e}"));
         let text = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "a hot-key worker failed");
         let fields: Vec<f64> = text
             .split_whitespace()
             .filter_map(|w| w.parse().ok())
@@ -450,7 +451,11 @@ pub(crate) fn lease_worker(args: &[String]) {
         }
         let store = builder.build().await.unwrap_or_else(|e| panic!("{e}"));
         let limiter = Rc::new(RateLimiter::new(store));
-        let policy = Rc::new(Policy::parse("hot", "10000000/s").unwrap_or_else(|e| panic!("{e}")));
+        // As fast as the Redis store's microsecond resolution takes, with a burst no run can
+        // drain: every check is allowed, whatever the rate.
+        let policy = Rc::new(
+            Policy::parse("hot", "1000000/s burst 1000000000").unwrap_or_else(|e| panic!("{e}")),
+        );
         while unix_ms() < start {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
@@ -465,7 +470,8 @@ pub(crate) fn lease_worker(args: &[String]) {
                 while Instant::now() < deadline {
                     match limiter.check(&policy, "hot").await {
                         Ok(d) if d.is_allowed() => admitted += 1,
-                        _ => denied += 1,
+                        Ok(_) => denied += 1,
+                        Err(e) => panic!("a hot-key check failed: {e}"),
                     }
                     // Lease spends need no I/O: give the other tasks their turn.
                     tokio::task::yield_now().await;

@@ -12,6 +12,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking
 
+mod common;
+
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -96,24 +98,12 @@ fn faults_never_cause_over_admission_in_any_window() {
         }
     }
 
-    let mut events = Vec::new();
-    let mut fallbacks = 0;
-    for worker in workers {
-        let output = worker.wait_with_output().unwrap();
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(
-            output.status.success(),
-            "worker failed:\n{stdout}\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        for line in stdout.lines() {
-            if let Some(event) = line.strip_prefix("EV ") {
-                events.push(Event::from_line(event).unwrap());
-            } else if let Some(n) = line.strip_prefix("FALLBACK ") {
-                fallbacks += n.parse::<u64>().unwrap();
-            }
-        }
-    }
+    let (events, lines) = common::worker_output(workers);
+    let fallbacks: u64 = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("FALLBACK "))
+        .map(|n| n.parse::<u64>().unwrap())
+        .sum();
     // Until the restart: the real burst, zero tolerance.
     let before: Vec<Event> = events
         .iter()

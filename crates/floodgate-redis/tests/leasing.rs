@@ -14,8 +14,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test fails by panicking
 
+mod common;
+
 use std::process::{Command, Stdio};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
+
+use common::now_ns;
 
 use floodgate::{DecisionSource, Limit, Policy, RateLimiter};
 use floodgate_redis::{FailurePolicy, RedisStore};
@@ -28,12 +32,6 @@ const WARM_KEYS: usize = 20;
 /// 1 000/s, burst 100: r·L = 50 tokens exactly.
 fn limit() -> Limit {
     Limit::per_second(1_000).burst(100)
-}
-
-fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 #[test]
@@ -68,24 +66,11 @@ fn leasing_never_admits_more_than_b_plus_r_times_delta_plus_l() {
     let restarted_at = now_ns();
     server.restart();
 
-    let mut events = Vec::new();
-    let mut stats = Vec::new();
-    for worker in workers {
-        let output = worker.wait_with_output().unwrap();
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(
-            output.status.success(),
-            "worker failed:\n{stdout}\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        for line in stdout.lines() {
-            if let Some(event) = line.strip_prefix("EV ") {
-                events.push(Event::from_line(event).unwrap());
-            } else if let Some(line) = line.strip_prefix("STATS ") {
-                stats.push(line.to_owned());
-            }
-        }
-    }
+    let (events, lines) = common::worker_output(workers);
+    let stats: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("STATS "))
+        .collect();
     for line in &stats {
         println!("worker: {line}");
     }

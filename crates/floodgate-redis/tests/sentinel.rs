@@ -13,18 +13,14 @@ mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
+
+use common::now_ns;
 
 use floodgate::{DecisionSource, Error, Limit, Policy, RateLimiter};
 use floodgate_redis::{FailurePolicy, RedisStore};
-use floodgate_testkit::history::{self, Event};
+use floodgate_testkit::history;
 use floodgate_testkit::redis_server::SentinelGroup;
-
-fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_conformance_suite_passes_through_sentinel_with_batching_on_and_off() {
@@ -164,43 +160,7 @@ async fn a_sentinel_failover_under_load_keeps_every_window_within_bounds() {
     let limiter = Arc::new(RateLimiter::new(store.clone()));
     let policy = Policy::new("sentinel-history", [limit()]).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
-    let tasks: Vec<_> = (0..4usize)
-        .map(|task| {
-            let (limiter, policy, stop) = (limiter.clone(), policy.clone(), stop.clone());
-            tokio::spawn(async move {
-                let mut events = Vec::new();
-                let mut fallbacks = 0u64;
-                let mut i = task;
-                while !stop.load(Ordering::Relaxed) {
-                    i = i.wrapping_mul(31).wrapping_add(7);
-                    let key = if i % 2 == 0 {
-                        "hot".to_owned()
-                    } else {
-                        format!("cold{}", (i / 2) % 50)
-                    };
-                    let lo = now_ns();
-                    let decision = limiter.check(&policy, &key).await.unwrap();
-                    let hi = now_ns();
-                    if matches!(
-                        decision.source(),
-                        DecisionSource::Store | DecisionSource::Cache
-                    ) {
-                        events.push(Event {
-                            key,
-                            cost: 1,
-                            admitted: decision.is_allowed(),
-                            lo,
-                            hi,
-                        });
-                    } else {
-                        assert!(!decision.is_allowed(), "fail-closed");
-                        fallbacks += 1;
-                    }
-                }
-                (events, fallbacks)
-            })
-        })
-        .collect();
+    let tasks = common::hot_and_cold_load(&limiter, &policy, &stop, 4);
     let watching = Arc::new(AtomicBool::new(false));
     let watcher = watch(&group, store.clone(), watching.clone());
 

@@ -95,6 +95,15 @@ local function state(k)
   end
   return v
 end
+-- The TATs of the n keys from KEYS[k] on, or nil and the error naming a corrupted one.
+local function states(k, n)
+  local tat = {}
+  for i = 1, n do
+    tat[i] = state(k + i - 1)
+    if not tat[i] then return nil, 'floodgate: corrupted state at key ' .. KEYS[k + i - 1] end
+  end
+  return tat
+end
 local function write(k, tat)
   local name = KEYS[k]
   tats[name] = tat
@@ -132,14 +141,7 @@ while pos <= nargs do
     reply[item] = redis.error_reply('floodgate: bad limit argument for key ' .. KEYS[k + bad[s] - 1])
   elseif op == 0 then
     -- A lease: up to `cost` (wanted) tokens from every limit, at least `least`.
-    local tat, err = {}, nil
-    for i = 1, n do
-      tat[i] = state(k + i - 1)
-      if not tat[i] then
-        err = 'floodgate: corrupted state at key ' .. KEYS[k + i - 1]
-        break
-      end
-    end
+    local tat, err = states(k, n)
     if err then
       reply[item] = redis.error_reply(err)
     else
@@ -207,14 +209,7 @@ while pos <= nargs do
       end
     end
   else
-    local tat, err = {}, nil
-    for i = 1, n do
-      tat[i] = state(k + i - 1)
-      if not tat[i] then
-        err = 'floodgate: corrupted state at key ' .. KEYS[k + i - 1]
-        break
-      end
-    end
+    local tat, err = states(k, n)
     if err then
       reply[item] = redis.error_reply(err)
     else

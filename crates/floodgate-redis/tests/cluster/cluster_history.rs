@@ -13,9 +13,9 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use floodgate::{DecisionSource, Limit, Policy, RateLimiter};
+use floodgate::{Limit, Policy, RateLimiter};
 use floodgate_redis::{FailurePolicy, RedisStore};
 use floodgate_testkit::history::{self, Event};
 use floodgate_testkit::redis_server::RedisCluster;
@@ -24,11 +24,7 @@ fn limit() -> Limit {
     Limit::per_second(500).burst(10)
 }
 
-fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}
+use crate::common::now_ns;
 
 fn wait_for(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
@@ -100,43 +96,7 @@ async fn topology_changes_under_load_keep_every_window_within_bounds() {
     let slot = cluster.nodes()[0].key_slot(&hot_key);
 
     let stop = Arc::new(AtomicBool::new(false));
-    let tasks: Vec<_> = (0..4usize)
-        .map(|task| {
-            let (limiter, policy, stop) = (limiter.clone(), policy.clone(), stop.clone());
-            tokio::spawn(async move {
-                let mut events = Vec::new();
-                let mut fallbacks = 0u64;
-                let mut i = task;
-                while !stop.load(Ordering::Relaxed) {
-                    i = i.wrapping_mul(31).wrapping_add(7);
-                    let key = if i % 2 == 0 {
-                        "hot".to_owned()
-                    } else {
-                        format!("cold{}", (i / 2) % 50)
-                    };
-                    let lo = now_ns();
-                    let decision = limiter.check(&policy, &key).await.unwrap();
-                    let hi = now_ns();
-                    if matches!(
-                        decision.source(),
-                        DecisionSource::Store | DecisionSource::Cache
-                    ) {
-                        events.push(Event {
-                            key,
-                            cost: 1,
-                            admitted: decision.is_allowed(),
-                            lo,
-                            hi,
-                        });
-                    } else {
-                        assert!(!decision.is_allowed(), "fail-closed");
-                        fallbacks += 1;
-                    }
-                }
-                (events, fallbacks)
-            })
-        })
-        .collect();
+    let tasks = crate::common::hot_and_cold_load(&limiter, &policy, &stop, 4);
 
     // The topology changes, from a blocking thread (redis-cli).
     let crash_at = tokio::task::spawn_blocking(move || {

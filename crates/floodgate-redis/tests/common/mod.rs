@@ -10,6 +10,7 @@ use floodgate_testkit::conformance::{self, Harness};
 
 /// A conformance harness on the Redis at `url`: keys under `prefix`, a manual clock (the
 /// test-only override), a deny cache of `deny_cache` keys, batching on or off.
+#[allow(dead_code)] // not every test file that shares this module uses it
 pub(crate) async fn harness(
     url: &str,
     prefix: &str,
@@ -44,4 +45,90 @@ pub(crate) async fn conformance_suite(url: &str, deny_cache: usize, batching: bo
         async move { harness(&url, &prefix, deny_cache, batching).await }
     })
     .await;
+}
+
+/// The host's realtime clock in nanoseconds: on one machine, the clock Redis `TIME` reads.
+#[allow(dead_code)]
+pub(crate) fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// `tasks` tasks deciding until `stop` on a hot key (half the checks) and 50 cold ones,
+/// each decision bracketed by [`now_ns`]; the failure policy must be fail-closed. Each task
+/// returns the decisions the store made (with the cache's) and how many fell back.
+#[allow(dead_code)]
+pub(crate) fn hot_and_cold_load(
+    limiter: &Arc<RateLimiter<RedisStore>>,
+    policy: &floodgate::Policy,
+    stop: &Arc<std::sync::atomic::AtomicBool>,
+    tasks: usize,
+) -> Vec<tokio::task::JoinHandle<(Vec<floodgate_testkit::history::Event>, u64)>> {
+    use floodgate::DecisionSource;
+    (0..tasks)
+        .map(|task| {
+            let (limiter, policy, stop) = (limiter.clone(), policy.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut events = Vec::new();
+                let mut fallbacks = 0u64;
+                let mut i = task;
+                while !stop.load(Ordering::Relaxed) {
+                    i = i.wrapping_mul(31).wrapping_add(7);
+                    let key = if i % 2 == 0 {
+                        "hot".to_owned()
+                    } else {
+                        format!("cold{}", (i / 2) % 50)
+                    };
+                    let lo = now_ns();
+                    let decision = limiter.check(&policy, &key).await.unwrap();
+                    let hi = now_ns();
+                    if matches!(
+                        decision.source(),
+                        DecisionSource::Store | DecisionSource::Cache
+                    ) {
+                        events.push(floodgate_testkit::history::Event {
+                            key,
+                            cost: 1,
+                            admitted: decision.is_allowed(),
+                            lo,
+                            hi,
+                        });
+                    } else {
+                        assert!(!decision.is_allowed(), "fail-closed");
+                        fallbacks += 1;
+                    }
+                }
+                (events, fallbacks)
+            })
+        })
+        .collect()
+}
+
+/// Waits for worker processes and reads what they printed: their `EV ` lines as events,
+/// and every other line as is. Panics, with the worker's output, if one failed.
+#[allow(dead_code)]
+pub(crate) fn worker_output(
+    workers: Vec<std::process::Child>,
+) -> (Vec<floodgate_testkit::history::Event>, Vec<String>) {
+    let mut events = Vec::new();
+    let mut lines = Vec::new();
+    for worker in workers {
+        let output = worker.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "worker failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        for line in stdout.lines() {
+            match line.strip_prefix("EV ") {
+                Some(event) => {
+                    events.push(floodgate_testkit::history::Event::from_line(event).unwrap())
+                }
+                None => lines.push(line.to_owned()),
+            }
+        }
+    }
+    (events, lines)
 }

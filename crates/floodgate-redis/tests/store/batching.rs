@@ -12,9 +12,10 @@ use floodgate_redis::RedisStore;
 use floodgate_testkit::redis_server::RedisServer;
 use futures_util::future::join_all;
 use proptest::prelude::*;
+use proptest::test_runner::TestRunner;
 
-/// One server for every case of the property test; each case writes under fresh prefixes.
-static SERVER: LazyLock<RedisServer> = LazyLock::new(RedisServer::start);
+/// Numbers each case's key prefixes: every case of the property test writes fresh keys on
+/// the one server of the test.
 static CASE: AtomicU32 = AtomicU32::new(0);
 
 /// Long periods make TTLs longer than the manual clock's one-hour floor, so a TTL written
@@ -64,8 +65,8 @@ fn group() -> impl Strategy<Value = Group> {
 
 type Limiter = RateLimiter<RedisStore<ManualClock>>;
 
-async fn limiter(prefix: &str, clock: &ManualClock, batching: bool) -> Limiter {
-    let store = RedisStore::builder(&SERVER.url())
+async fn limiter(url: &str, prefix: &str, clock: &ManualClock, batching: bool) -> Limiter {
+    let store = RedisStore::builder(url)
         .key_prefix(prefix)
         .deny_cache(0)
         .batching(batching)
@@ -151,17 +152,17 @@ fn assert_same_state(
 /// One case: the reference sends every decision alone, in order (`s:`); the batching store
 /// sends each group concurrently, so as one batch (`b:`); and `m:` alternates, group by
 /// group, between a batching and a single-call store on the same buckets (a rolling upgrade).
-async fn case(groups: Vec<Group>) {
+async fn case(url: &str, groups: Vec<Group>) {
     let n = CASE.fetch_add(1, Ordering::Relaxed);
     let (s, b, m) = (format!("s{n}:"), format!("b{n}:"), format!("m{n}:"));
     let clock = ManualClock::new();
-    let single = limiter(&s, &clock, false).await;
-    let batched = limiter(&b, &clock, true).await;
+    let single = limiter(url, &s, &clock, false).await;
+    let batched = limiter(url, &b, &clock, true).await;
     let mixed = [
-        limiter(&m, &clock, true).await,
-        limiter(&m, &clock, false).await,
+        limiter(url, &m, &clock, true).await,
+        limiter(url, &m, &clock, false).await,
     ];
-    let client = redis::Client::open(SERVER.url()).unwrap();
+    let client = redis::Client::open(url).unwrap();
     let mut connection = client.get_multiplexed_async_connection().await.unwrap();
     for (g, group) in groups.iter().enumerate() {
         clock.advance(Duration::from_millis(group.advance_ms));
@@ -187,18 +188,29 @@ async fn case(groups: Vec<Group>) {
     }
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(
-        std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(48)
-    ))]
-
-    /// Random interleavings of acquire, peek, charge and reset over several keys and
-    /// policies (one of two limits) on a manual clock: batched decisions and state are
-    /// those of single calls, and old and new clients share buckets exactly.
-    #[test]
-    fn batches_decide_exactly_as_single_calls(groups in proptest::collection::vec(group(), 1..8)) {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        runtime.block_on(case(groups));
+/// Random interleavings of acquire, peek, charge and reset over several keys and policies
+/// (one of two limits) on a manual clock: batched decisions and state are those of single
+/// calls, and old and new clients share buckets exactly. One server of the test's own,
+/// stopped when the test ends (`PROPTEST_CASES` sets the number of cases, 48 by default).
+#[test]
+fn batches_decide_exactly_as_single_calls() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(48);
+    let mut runner = TestRunner::new(ProptestConfig::with_cases(cases));
+    let result = runner.run(&proptest::collection::vec(group(), 1..8), |groups| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(case(&url, groups));
+        Ok(())
+    });
+    if let Err(failure) = result {
+        panic!("{failure}");
     }
 }
 

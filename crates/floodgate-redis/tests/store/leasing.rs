@@ -25,19 +25,24 @@ async fn limiter(
     RateLimiter::new(store)
 }
 
-async fn leases_then_expire(batching: bool) {
-    let server = RedisServer::start();
-    let clock = ManualClock::new();
-    let limiter = limiter(&server, &clock, Duration::from_millis(100), batching).await;
-    // Another node, without leases, sees the shared bucket.
-    let other = RateLimiter::new(
+/// A store on `server` that does not lease and caches nothing: what another node sees.
+async fn plain(server: &RedisServer, clock: &ManualClock) -> RateLimiter<RedisStore<ManualClock>> {
+    RateLimiter::new(
         RedisStore::builder(&server.url())
             .deny_cache(0)
             .manual_clock(clock.clone())
             .build()
             .await
             .unwrap(),
-    );
+    )
+}
+
+async fn leases_then_expire(batching: bool) {
+    let server = RedisServer::start();
+    let clock = ManualClock::new();
+    let limiter = limiter(&server, &clock, Duration::from_millis(100), batching).await;
+    // Another node, without leases, sees the shared bucket.
+    let other = plain(&server, &clock).await;
     let hot = Policy::parse("hot", "1000/s burst 400").unwrap();
     let cold = Policy::parse("cold", "1000/s burst 400").unwrap();
 
@@ -128,14 +133,7 @@ async fn a_lease_takes_the_same_tokens_from_every_limit_all_or_nothing() {
     let server = RedisServer::start();
     let clock = ManualClock::new();
     let limiter = limiter(&server, &clock, Duration::from_millis(100), true).await;
-    let other = RateLimiter::new(
-        RedisStore::builder(&server.url())
-            .deny_cache(0)
-            .manual_clock(clock.clone())
-            .build()
-            .await
-            .unwrap(),
-    );
+    let other = plain(&server, &clock).await;
     // The second limit has 3 tokens: a lease can take at most 3 from both.
     let hot = Policy::parse("hot", "1000/s burst 400; 10/h burst 4").unwrap();
     let fresh = Policy::parse("hot", "1000/s burst 400").unwrap();
@@ -184,15 +182,13 @@ async fn a_reset_drops_this_nodes_lease() {
         (d.source(), d.remaining()),
         (DecisionSource::Lease, granted - 1)
     );
-    let plain = RateLimiter::new(
-        RedisStore::builder(&server.url())
-            .manual_clock(clock.clone())
-            .build()
-            .await
-            .unwrap(),
-    );
     assert_eq!(
-        plain.peek(&hot, "k").await.unwrap().remaining(),
+        plain(&server, &clock)
+            .await
+            .peek(&hot, "k")
+            .await
+            .unwrap()
+            .remaining(),
         400 - granted,
         "the reset emptied the bucket's history; only the new lease is taken"
     );
