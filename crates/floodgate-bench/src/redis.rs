@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use floodgate::{Policy, RateLimiter};
 use floodgate_redis::RedisStore;
-use floodgate_testkit::redis_server::RedisServer;
+use floodgate_testkit::redis_server::{RedisCluster, RedisServer};
 
 /// The smallest GCRA one would write: one key, Redis `TIME`, a TTL.
 const MINIMAL_GCRA: &str = r"
@@ -157,6 +157,9 @@ pub(crate) fn run(runs: usize, millis: u64) {
     let mut uncached = Vec::new();
     let mut leased: Vec<HotKey> = Vec::new();
     let mut unleased: Vec<HotKey> = Vec::new();
+    let cluster = RedisCluster::start(3);
+    let cluster_setups = [(true, KEYS), (false, KEYS), (true, 1), (false, 1)];
+    let mut on_cluster: Vec<Vec<Sample>> = cluster_setups.iter().map(|_| Vec::new()).collect();
     for run in 0..runs {
         eprintln!("redis run {}/{runs}", run + 1);
         same_depth.push(measured(&server, || {
@@ -178,6 +181,19 @@ pub(crate) fn run(runs: usize, millis: u64) {
         uncached.push(without);
         leased.push(hot_key_processes(&server, millis, true));
         unleased.push(hot_key_processes(&server, millis, false));
+        for (&(batching, keys), samples) in cluster_setups.iter().zip(&mut on_cluster) {
+            let setup = Setup {
+                depth: DEPTH,
+                batching,
+                connections: 1,
+                keys,
+            };
+            samples.push(
+                runtime
+                    .block_on(floodgate_checks(&cluster.url(), setup, millis))
+                    .0,
+            );
+        }
     }
     let med = |samples: &[Sample], f: fn(&Sample) -> f64| {
         let mut v: Vec<f64> = samples.iter().map(f).collect();
@@ -286,6 +302,38 @@ pub(crate) fn run(runs: usize, millis: u64) {
             med(|h| h.admitted / h.calls.max(1e-9)),
         );
     }
+    println!(
+        "\nA local Redis Cluster (3 masters on this machine), one client thread, 64 in flight: \
+         per-slot batching against one call per decision (pipelined per node):\n"
+    );
+    println!("| keys | batching | decisions/s | p50 | p99 | decisions / call |");
+    println!("|:---|:---|---:|---:|---:|---:|");
+    for (&(batching, keys), samples) in cluster_setups.iter().zip(&on_cluster) {
+        println!(
+            "| {} | {} | {} | {:.3} ms | {:.3} ms | {:.1} |",
+            if keys == 1 {
+                "one hot key".to_owned()
+            } else {
+                format!("random over {keys}")
+            },
+            if batching {
+                "per slot (default)"
+            } else {
+                "off"
+            },
+            crate::human(med(samples, |s| s.ops)),
+            med(samples, |s| s.p50_ms),
+            med(samples, |s| s.p99_ms),
+            med(samples, |s| s.batch),
+        );
+    }
+    for (i, what) in [(0, "random keys"), (2, "a hot key")] {
+        println!(
+            "- Cluster, per-slot batching / off, {what}: **{:.2}×** (median of per-run ratios)",
+            ratio(&on_cluster[i], &on_cluster[i + 1], |s| s.ops)
+        );
+    }
+
     let mut gains: Vec<f64> = leased
         .iter()
         .zip(&unleased)
@@ -325,7 +373,7 @@ async fn floodgate_checks(url: &str, setup: Setup, millis: u64) -> (Sample, Opti
     let started = Instant::now();
     let local = tokio::task::LocalSet::new();
     let mut tasks = Vec::new();
-    let sent = limiter.store().stats().decisions;
+    let before = limiter.store().stats();
     for task in 0..setup.depth {
         let (limiter, policy) = (limiter.clone(), policy.clone());
         tasks.push(local.spawn_local(async move {
@@ -359,15 +407,17 @@ async fn floodgate_checks(url: &str, setup: Setup, millis: u64) -> (Sample, Opti
             .copied()
             .unwrap_or(f64::NAN)
     };
+    let after = limiter.store().stats();
+    let decisions = after.decisions - before.decisions;
     let sample = Sample {
         ops,
         p50_ms: at(0.5),
         p99_ms: at(0.99),
         cpu_us: f64::NAN,
         evalsha_us: f64::NAN,
-        batch: f64::NAN,
+        batch: decisions as f64 / (after.script_calls - before.script_calls).max(1) as f64,
     };
-    (sample, Some(limiter.store().stats().decisions - sent))
+    (sample, Some(decisions))
 }
 
 /// Worker processes in the hot-key leasing cells.

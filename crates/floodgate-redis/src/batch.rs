@@ -87,10 +87,19 @@ impl Counters {
     }
 }
 
-/// The batchers of a standalone server: one lane per connection; decisions take turns.
+/// The batchers of a store: on a standalone server (or behind Sentinel) one lane per
+/// connection, which decisions take turns on; on a Cluster one lane per hash slot, made
+/// when first used, since the keys of one script call must share a slot.
 pub(crate) struct Batcher {
     lanes: Box<[Arc<Lane>]>,
     next: AtomicUsize,
+    /// A Cluster's lanes, by slot.
+    slots: Option<Mutex<HashMap<u16, Arc<Lane>>>>,
+    /// What a new slot lane needs.
+    connection: Connection,
+    timeout: Duration,
+    breaker: Arc<Breaker>,
+    counters: Arc<Counters>,
 }
 
 struct Lane {
@@ -124,20 +133,29 @@ impl Batcher {
         breaker: Arc<Breaker>,
         counters: Arc<Counters>,
     ) -> Self {
+        let cluster = matches!(connection, Connection::Cluster(_));
+        let lane = |index| {
+            Arc::new(Lane {
+                connection: connection.clone(),
+                index,
+                queue: Mutex::default(),
+                timeout,
+                breaker: breaker.clone(),
+                counters: counters.clone(),
+            })
+        };
         Batcher {
-            lanes: (0..connection.lanes().max(1))
-                .map(|index| {
-                    Arc::new(Lane {
-                        connection: connection.clone(),
-                        index,
-                        queue: Mutex::default(),
-                        timeout,
-                        breaker: breaker.clone(),
-                        counters: counters.clone(),
-                    })
-                })
-                .collect(),
+            lanes: if cluster {
+                Box::new([])
+            } else {
+                (0..connection.lanes().max(1)).map(lane).collect()
+            },
             next: AtomicUsize::new(0),
+            slots: cluster.then(|| Mutex::new(HashMap::new())),
+            connection: connection.clone(),
+            timeout,
+            breaker,
+            counters,
         }
     }
 
@@ -152,10 +170,28 @@ impl Batcher {
         now: i64,
     ) -> oneshot::Receiver<Reply> {
         let (reply, receiver) = oneshot::channel();
-        let lane = if self.lanes.len() == 1 {
-            &self.lanes[0]
-        } else {
-            &self.lanes[self.next.fetch_add(1, Ordering::Relaxed) % self.lanes.len()]
+        let lane = match &self.slots {
+            Some(slots) => {
+                let slot = keys.first().map_or(0, |key| slot(key));
+                let mut slots = slots.lock().unwrap_or_else(PoisonError::into_inner);
+                slots
+                    .entry(slot)
+                    .or_insert_with(|| {
+                        Arc::new(Lane {
+                            connection: self.connection.clone(),
+                            index: usize::from(slot),
+                            queue: Mutex::default(),
+                            timeout: self.timeout,
+                            breaker: self.breaker.clone(),
+                            counters: self.counters.clone(),
+                        })
+                    })
+                    .clone()
+            }
+            None if self.lanes.len() == 1 => self.lanes[0].clone(),
+            None => {
+                self.lanes[self.next.fetch_add(1, Ordering::Relaxed) % self.lanes.len()].clone()
+            }
         };
         lane.submit(Item {
             keys,
@@ -227,9 +263,14 @@ impl Lane {
     async fn send(&self, batch: Vec<Item>) {
         let command = command(&batch);
         self.counters.count(batch.len());
+        let first_key = batch
+            .first()
+            .and_then(|item| item.keys.first())
+            .map_or("", String::as_str);
         let call = tokio::time::timeout(
             self.timeout,
-            self.connection.run_batch(self.index, &command, &BATCH),
+            self.connection
+                .run_batch(self.index, &command, &BATCH, first_key),
         );
         match call.await.unwrap_or_else(|_| Err(timed_out())) {
             Ok(Value::Array(replies)) if replies.len() == batch.len() => {
@@ -324,7 +365,8 @@ fn command(batch: &[Item]) -> redis::Cmd {
 /// its reply.
 pub(crate) async fn send_alone(connection: &Connection, item: &Item) -> Reply {
     let command = command(std::slice::from_ref(item));
-    match connection.run_batch(0, &command, &BATCH).await? {
+    let first_key = item.keys.first().map_or("", String::as_str);
+    match connection.run_batch(0, &command, &BATCH, first_key).await? {
         Value::Array(mut replies) if replies.len() == 1 => match replies.remove(0) {
             Value::ServerError(error) => Err(error.into()),
             reply => Ok(reply),
@@ -333,10 +375,53 @@ pub(crate) async fn send_alone(connection: &Connection, item: &Item) -> Reply {
     }
 }
 
+/// The Cluster hash slot of `key`: CRC16 (XMODEM) of its hash tag — the text between the
+/// first `{` and the next `}`, when not empty — or of the whole key, modulo 16 384.
+pub(crate) fn slot(key: &str) -> u16 {
+    let bytes = key.as_bytes();
+    let tagged = bytes.iter().position(|&b| b == b'{').and_then(|open| {
+        let rest = &bytes[open + 1..];
+        let close = rest.iter().position(|&b| b == b'}')?;
+        (close > 0).then(|| &rest[..close])
+    });
+    crc16(tagged.unwrap_or(bytes)) % 16_384
+}
+
+/// CRC16-CCITT (XMODEM): polynomial 0x1021, initial value 0, as Redis Cluster uses.
+fn crc16(bytes: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &byte in bytes {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
 /// Why a decision's reply never came: its batch was dropped with the runtime.
 pub(crate) fn dropped() -> RedisError {
     RedisError::from(std::io::Error::new(
         std::io::ErrorKind::ConnectionAborted,
         "the batch carrying this decision was dropped before its reply arrived",
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn slots_are_redis_clusters() {
+        // Values from Redis's CLUSTER KEYSLOT.
+        assert_eq!(super::slot("foo"), 12182);
+        assert_eq!(super::slot("123456789"), 12739);
+        assert_eq!(super::slot("{user1000}.following"), super::slot("user1000"));
+        assert_eq!(
+            super::slot("fg1{Qk3v0F9aZx2mT1}0"),
+            super::slot("Qk3v0F9aZx2mT1")
+        );
+    }
 }

@@ -129,8 +129,8 @@ impl<C: Clock> RedisStoreBuilder<C> {
     /// as one script call, which decides them in order, each exactly as if sent alone at
     /// the batch's time — the same answers, state and TTLs. There is no timer: a batch
     /// leaves as soon as the previous one on its connection has its reply, so at low load
-    /// it holds one decision. Off, every decision is its own call. A Cluster sends every
-    /// decision as its own call either way (see the crate docs).
+    /// it holds one decision. Off, every decision is its own call. On a Cluster, a batch
+    /// holds decisions on keys of one hash slot (see the crate docs).
     pub fn batching(mut self, on: bool) -> Self {
         self.batching = on;
         self
@@ -143,7 +143,7 @@ impl<C: Clock> RedisStoreBuilder<C> {
     /// twice per `lease` are decided one exact call at a time. The cost: over any window Δ a
     /// key admits at most `B + ⌊r·(Δ + lease)⌋` — the burst grows by at most `r·lease`.
     /// `charge` and `peek` always go to Redis; `reset` drops this node's lease only (other
-    /// nodes spend theirs). A standalone server or Sentinel only, not a Cluster.
+    /// nodes spend theirs). On a Cluster, leases need batching on.
     pub fn lease(mut self, lease: Duration) -> Self {
         self.leases.default = Some(lease);
         self
@@ -242,10 +242,10 @@ impl<C: Clock> RedisStoreBuilder<C> {
                 format!("policy {name:?}: must be longer than zero"),
             ));
         }
-        if !self.leases.is_empty() && cluster_nodes(&self.url).is_some() {
+        if !self.leases.is_empty() && !self.batching && cluster_nodes(&self.url).is_some() {
             return Err(config(
                 "lease",
-                "a Cluster does not lease (a standalone server or Sentinel does)".into(),
+                "on a Cluster, leases travel in batches: leave batching on".into(),
             ));
         }
         if self.url.starts_with("rediss") && !cfg!(feature = "tls") {
@@ -356,12 +356,14 @@ impl<C: Clock> RedisStoreBuilder<C> {
         let connection = connect.map_err(|e| self.connect_error(e))?;
         let breaker = Arc::new(Breaker::new(self.breaker_failures, self.breaker_cooldown));
         let counters = Arc::new(Counters::default());
-        let batcher = match &connection {
-            Connection::Standalone(_) | Connection::Sentinel(_) if self.batching => Some(Arc::new(
-                Batcher::new(&connection, self.timeout, breaker.clone(), counters.clone()),
-            )),
-            _ => None,
-        };
+        let batcher = self.batching.then(|| {
+            Arc::new(Batcher::new(
+                &connection,
+                self.timeout,
+                breaker.clone(),
+                counters.clone(),
+            ))
+        });
         let store = RedisStore {
             connection,
             prefix: self.prefix.into(),

@@ -141,7 +141,7 @@ impl Connection {
     }
 
     /// How many lanes a batcher has on this connection: one per multiplexed connection;
-    /// none on a Cluster, which is not batched.
+    /// none on a Cluster, whose lanes are its slots.
     pub(crate) fn lanes(&self) -> usize {
         match self {
             Connection::Standalone(pipelines) => pipelines.len(),
@@ -150,23 +150,24 @@ impl Connection {
         }
     }
 
-    /// Runs a batch on connection `lane`: `EVALSHA` of `script`, NOSCRIPT handled, a
-    /// Sentinel's failover followed.
+    /// Runs a batch on connection `lane` (a Cluster routes it by `first_key`, one of the
+    /// batch's keys, which all share a slot): `EVALSHA` of `script`, NOSCRIPT handled, a
+    /// Sentinel's failover and a Cluster's redirects followed.
     pub(crate) async fn run_batch(
         &self,
         lane: usize,
         command: &redis::Cmd,
         script: &LuaScript,
+        first_key: &str,
     ) -> RedisResult<Value> {
         match self {
             Connection::Standalone(pipelines) => {
                 evalsha(command, script, &mut pipelines.lane(lane)).await
             }
             Connection::Sentinel(link) => link.run(Some(lane), command, Some(script)).await,
-            Connection::Cluster(_) => Err(RedisError::from((
-                redis::ErrorKind::Client,
-                "a Cluster is not batched",
-            ))),
+            Connection::Cluster(connection) => {
+                cluster_script(connection, command, script, first_key).await
+            }
         }
     }
 
@@ -218,33 +219,8 @@ impl Connection {
             }
             Connection::Sentinel(link) => link.run(None, &command, Some(&DECIDE)).await,
             Connection::Cluster(connection) => {
-                let mut connection = connection.clone();
-                let mut redirects = 0;
-                // The node the last ASK named: the next attempt goes there, once.
-                let mut target: Option<SingleNodeRoutingInfo> = None;
-                loop {
-                    let result = match &target {
-                        None => evalsha(&command, &DECIDE, &mut connection).await,
-                        Some(node) => ask(&mut connection, node.clone(), &command).await,
-                    };
-                    let error = match result {
-                        Err(error) if redirects < MAX_REDIRECTS => error,
-                        result => return result,
-                    };
-                    redirects += 1;
-                    // READONLY (probed into a MOVED) and MOVED: not run; the client rebuilds
-                    // its slot map in the background, then the request goes again. ASK: run
-                    // once on the named node after ASKING.
-                    target = match stale_replica(error, &mut connection, keys).await {
-                        Ok(()) => None,
-                        Err(error) => redirect(error)?,
-                    };
-                    if target.is_none() {
-                        // Give the rebuild a moment: while a migration or a failover
-                        // settles, nodes may disagree.
-                        tokio::time::sleep(Duration::from_millis(5 * redirects as u64)).await;
-                    }
-                }
+                let first_key = keys.first().map_or("", String::as_str);
+                cluster_script(connection, &command, &DECIDE, first_key).await
             }
         }
     }
@@ -280,6 +256,43 @@ impl Connection {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Runs `command` (`EVALSHA` of `script` on keys of one slot, `first_key` among them) on a
+/// Cluster, following MOVED, ASK and READONLY as the module docs say.
+async fn cluster_script(
+    connection: &ClusterConnection,
+    command: &redis::Cmd,
+    script: &LuaScript,
+    first_key: &str,
+) -> RedisResult<Value> {
+    let mut connection = connection.clone();
+    let mut redirects = 0;
+    // The node the last ASK named: the next attempt goes there, once.
+    let mut target: Option<SingleNodeRoutingInfo> = None;
+    loop {
+        let result = match &target {
+            None => evalsha(command, script, &mut connection).await,
+            Some(node) => ask(&mut connection, node.clone(), command, script).await,
+        };
+        let error = match result {
+            Err(error) if redirects < MAX_REDIRECTS => error,
+            result => return result,
+        };
+        redirects += 1;
+        // READONLY (probed into a MOVED) and MOVED: not run; the client rebuilds its slot
+        // map in the background, then the request goes again. ASK: run once on the named
+        // node after ASKING.
+        target = match stale_replica(error, &mut connection, first_key).await {
+            Ok(()) => None,
+            Err(error) => redirect(error)?,
+        };
+        if target.is_none() {
+            // Give the rebuild a moment: while a migration or a failover settles, nodes
+            // may disagree.
+            tokio::time::sleep(Duration::from_millis(5 * redirects as u64)).await;
         }
     }
 }
@@ -359,14 +372,11 @@ fn redirect(error: RedisError) -> RedisResult<Option<SingleNodeRoutingInfo>> {
 async fn stale_replica(
     error: RedisError,
     connection: &mut ClusterConnection,
-    keys: &[String],
+    key: &str,
 ) -> Result<(), RedisError> {
-    if error.kind() != redis::ErrorKind::Server(ServerErrorKind::ReadOnly) {
+    if error.kind() != redis::ErrorKind::Server(ServerErrorKind::ReadOnly) || key.is_empty() {
         return Err(error);
     }
-    let Some(key) = keys.first() else {
-        return Err(error);
-    };
     let _ = redis::cmd("DEL")
         .arg(format!("{key}:probe"))
         .query_async::<Value>(connection)
@@ -459,6 +469,7 @@ async fn ask(
     connection: &mut ClusterConnection,
     node: SingleNodeRoutingInfo,
     command: &redis::Cmd,
+    script: &LuaScript,
 ) -> RedisResult<Value> {
     let asking = || {
         let mut pipe = redis::pipe();
@@ -474,7 +485,7 @@ async fn ask(
         Err(error) if error.kind() == redis::ErrorKind::Server(ServerErrorKind::NoScript) => {
             connection
                 .route_command(
-                    DECIDE.load(),
+                    script.load(),
                     redis::cluster_routing::RoutingInfo::SingleNode(node.clone()),
                 )
                 .await?;
@@ -487,10 +498,15 @@ async fn ask(
     }
 }
 
-/// The one reply of a pipeline, with an error reply turned into an error.
+/// The one reply of a pipeline, with an error reply turned into an error (an error nested
+/// in an array — a batch item's — stays in the value).
 fn first(mut values: Vec<Value>) -> RedisResult<Value> {
-    values
-        .pop()
-        .ok_or_else(|| RedisError::from((redis::ErrorKind::Client, "empty pipeline reply")))?
-        .extract_error()
+    match values.pop() {
+        Some(Value::ServerError(error)) => Err(error.into()),
+        Some(value) => Ok(value),
+        None => Err(RedisError::from((
+            redis::ErrorKind::Client,
+            "empty pipeline reply",
+        ))),
+    }
 }

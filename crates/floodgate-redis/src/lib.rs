@@ -71,9 +71,13 @@
 //! counts one failure for the batch. [`RedisStore::stats`] counts script calls and the
 //! decisions they carried.
 //!
-//! On a **Cluster** every decision is still its own call, pipelined per node: the declared
-//! keys of one script call must share a slot, so a Cluster batch could only group decisions
-//! on keys of one slot — in practice, repeated decisions on one hot key.
+//! On a **Cluster** a batch holds the decisions waiting for one hash slot: the declared
+//! keys of one script call must share a slot, and a script touching undeclared keys on
+//! other slots breaks with migrations and redirects. On random keys over many slots that is
+//! about one decision per batch (no change from one call per decision, pipelined per node);
+//! on a hot key it batches every decision waiting for it. Redirects (MOVED, ASK, READONLY)
+//! are followed for a batch as for a single call; a batch is never resent on an unknown
+//! outcome.
 //!
 //! # Token leasing
 //!
@@ -87,8 +91,8 @@
 //! key admits at most `B + ⌊r·(Δ + L)⌋` (the proof is in floodgate's guide); a `reset`
 //! drops this node's lease only, so across it a window admits at most `2B + ⌊r·(Δ + L)⌋`.
 //! Keys used less often are decided one exact call at a time. `charge` and `peek` always
-//! go to Redis. [`RedisStore::lease_tokens`] counts leased, spent and expired tokens. A
-//! Cluster does not lease.
+//! go to Redis. [`RedisStore::lease_tokens`] counts leased, spent and expired tokens. On a
+//! Cluster, leases travel in batches: leasing needs batching on there.
 //!
 //! # Policy changes
 //!

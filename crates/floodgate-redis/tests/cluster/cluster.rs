@@ -12,6 +12,8 @@ use floodgate_testkit::redis_server::{RedisCluster, RedisServer};
 async fn a_cluster_passes_the_conformance_suite() {
     let cluster = RedisCluster::start(3);
     common::conformance_suite(&cluster.url(), 0, true).await;
+    // One call per decision, as before per-slot batching.
+    common::conformance_suite(&cluster.url(), 0, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,4 +144,72 @@ async fn decisions_follow_a_slot_migration_without_losing_state() {
             .is_allowed()
     );
     assert!(target.owns(slot) && !source.owns(slot));
+}
+
+/// Decisions waiting for one hot key's slot go as one batch, and decide as single calls
+/// would: 32 checks issued together on a 20-token bucket admit exactly 20, in order.
+#[tokio::test]
+async fn a_hot_keys_decisions_share_one_batch_per_slot() {
+    let cluster = RedisCluster::start(3);
+    let store = RedisStore::builder(&cluster.url())
+        .deny_cache(0)
+        .build()
+        .await
+        .unwrap();
+    let limiter = RateLimiter::new(store);
+    let policy = Policy::parse("hot", "1/h burst 20").unwrap();
+    // The connection to the key's node is open and the script loaded.
+    assert_eq!(
+        limiter.check(&policy, "warm-up").await.unwrap().remaining(),
+        19
+    );
+    let before = limiter.store().stats();
+    let outcomes =
+        futures_util::future::join_all((0..32).map(|_| limiter.check(&policy, "hot"))).await;
+    let after = limiter.store().stats();
+    assert_eq!(
+        after.script_calls - before.script_calls,
+        1,
+        "one batch: {after:?}"
+    );
+    let remaining: Vec<u64> = outcomes
+        .into_iter()
+        .map(|o| o.unwrap())
+        .filter(|d| d.is_allowed())
+        .map(|d| d.remaining())
+        .collect();
+    assert_eq!(remaining, (0..20).rev().collect::<Vec<u64>>());
+}
+
+/// Leases travel in batches, so a Cluster leases too: a hot key is served from its lease,
+/// and the bucket on its node shows every leased token taken.
+#[tokio::test]
+async fn a_cluster_leases_a_hot_key() {
+    let cluster = RedisCluster::start(3);
+    let leasing = RateLimiter::new(
+        RedisStore::builder(&cluster.url())
+            .deny_cache(0)
+            .lease_for("hot", std::time::Duration::from_secs(10))
+            .build()
+            .await
+            .unwrap(),
+    );
+    let plain = RateLimiter::new(RedisStore::connect(&cluster.url()).await.unwrap());
+    let policy = Policy::parse("hot", "1/h burst 400").unwrap();
+    let mut leased = 0;
+    for _ in 0..50 {
+        let d = leasing.check(&policy, "k").await.unwrap();
+        assert!(d.is_allowed());
+        leased += u64::from(d.source() == floodgate::DecisionSource::Lease);
+    }
+    assert_eq!(
+        leased, 49,
+        "every decision after the first came from a lease"
+    );
+    let tokens = leasing.store().lease_tokens("hot");
+    assert_eq!(tokens.spent, 49);
+    assert_eq!(
+        plain.peek(&policy, "k").await.unwrap().remaining(),
+        400 - 1 - tokens.leased
+    );
 }

@@ -370,13 +370,6 @@ pub(super) fn policies_section(
                                 .into(),
                         ));
                     }
-                    Some(_) if store.is_cluster() => {
-                        return Err(err(
-                            &format!("{key}.lease"),
-                            "a Cluster does not lease (a standalone server or Sentinel does)"
-                                .into(),
-                        ));
-                    }
                     Some(text) => Some(
                         parse_duration(&text, Duration::from_secs(60))
                             .map_err(|reason| err(&format!("{key}.lease"), reason))?,
