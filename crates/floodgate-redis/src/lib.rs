@@ -71,13 +71,14 @@
 //! counts one failure for the batch. [`RedisStore::stats`] counts script calls and the
 //! decisions they carried.
 //!
-//! On a **Cluster** a batch holds the decisions waiting for one hash slot: the declared
-//! keys of one script call must share a slot, and a script touching undeclared keys on
-//! other slots breaks with migrations and redirects. On random keys over many slots that is
-//! about one decision per batch (no change from one call per decision, pipelined per node);
-//! on a hot key it batches every decision waiting for it. Redirects (MOVED, ASK, READONLY)
-//! are followed for a batch as for a single call; a batch is never resent on an unknown
-//! outcome.
+//! On a **Cluster**, batching is **off by default**: the declared keys of one script call
+//! must share a slot (a script touching undeclared keys on other slots breaks with
+//! migrations and redirects), so a batch can only hold the decisions waiting for one hash
+//! slot. Measured on a local 3-master Cluster, that is 1.66× the throughput of one call per
+//! decision on a hot key, but 0.63× on random keys, whose batches hold one decision each.
+//! `batching(true)` turns per-slot batching on, for deployments dominated by hot keys;
+//! redirects (MOVED, ASK, READONLY) are followed for a batch as for a single call, and a
+//! batch is never resent on an unknown outcome.
 //!
 //! # Token leasing
 //!
@@ -91,8 +92,7 @@
 //! key admits at most `B + ⌊r·(Δ + L)⌋` (the proof is in floodgate's guide); a `reset`
 //! drops this node's lease only, so across it a window admits at most `2B + ⌊r·(Δ + L)⌋`.
 //! Keys used less often are decided one exact call at a time. `charge` and `peek` always
-//! go to Redis. [`RedisStore::lease_tokens`] counts leased, spent and expired tokens. On a
-//! Cluster, leases travel in batches: leasing needs batching on there.
+//! go to Redis. [`RedisStore::lease_tokens`] counts leased, spent and expired tokens.
 //!
 //! # Policy changes
 //!

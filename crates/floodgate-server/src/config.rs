@@ -182,8 +182,9 @@ pub struct StoreConfig {
     pub tls_ca: Option<(PathBuf, Vec<u8>)>,
     /// Multiplexed connections to a standalone Redis that calls take turns on.
     pub connections: usize,
-    /// `store.batching`: the Redis store's exact batching (default on).
-    pub batching: bool,
+    /// `store.batching`: the Redis store's exact batching (`None`: its default, on except
+    /// on a Cluster).
+    pub batching: Option<bool>,
     /// `store.sentinel_password`: what the Sentinels themselves require, for a
     /// `redis+sentinel://` store.
     pub sentinel_password: Option<Secret>,
@@ -389,8 +390,8 @@ impl Config {
                 if self.store.connections > 1 {
                     let _ = write!(out, ", connections {}", self.store.connections);
                 }
-                if !self.store.batching {
-                    let _ = write!(out, ", batching off");
+                if let Some(on) = self.store.batching {
+                    let _ = write!(out, ", batching {}", if on { "on" } else { "off" });
                 }
                 if self.store.sentinel_password.is_some() {
                     let _ = write!(out, ", sentinel_password ***");

@@ -287,7 +287,6 @@ fn origin(config: &Config) -> PathBuf {
 fn redis_builder(config: &Config, url: &str) -> floodgate_redis::RedisStoreBuilder {
     let mut builder = RedisStore::builder(url)
         .connections(config.store.connections)
-        .batching(config.store.batching)
         .timeout(config.store.timeout)
         .on_failure(config.store.on_error);
     for (name, p) in &config.policies {
@@ -300,6 +299,9 @@ fn redis_builder(config: &Config, url: &str) -> floodgate_redis::RedisStoreBuild
     }
     if let Some((_, pem)) = &config.store.tls_ca {
         builder = builder.tls_root_certificate(pem.clone());
+    }
+    if let Some(on) = config.store.batching {
+        builder = builder.batching(on);
     }
     if let Some(password) = &config.store.sentinel_password {
         builder = builder.sentinel_password(password.expose());

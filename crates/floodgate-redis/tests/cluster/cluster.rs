@@ -56,6 +56,7 @@ async fn decisions_follow_a_slot_migration_without_losing_state() {
     let cluster = RedisCluster::start(3);
     // No deny cache: every decision below must reach Redis.
     let store = RedisStore::builder(&cluster.url())
+        .batching(true)
         .deny_cache(0)
         .build()
         .await
@@ -152,6 +153,7 @@ async fn decisions_follow_a_slot_migration_without_losing_state() {
 async fn a_hot_keys_decisions_share_one_batch_per_slot() {
     let cluster = RedisCluster::start(3);
     let store = RedisStore::builder(&cluster.url())
+        .batching(true)
         .deny_cache(0)
         .build()
         .await
@@ -181,8 +183,8 @@ async fn a_hot_keys_decisions_share_one_batch_per_slot() {
     assert_eq!(remaining, (0..20).rev().collect::<Vec<u64>>());
 }
 
-/// Leases travel in batches, so a Cluster leases too: a hot key is served from its lease,
-/// and the bucket on its node shows every leased token taken.
+/// A Cluster leases too (a lease is one batch-script call, routed by its key): a hot key is
+/// served from its lease, and the bucket on its node shows every leased token taken.
 #[tokio::test]
 async fn a_cluster_leases_a_hot_key() {
     let cluster = RedisCluster::start(3);

@@ -71,6 +71,7 @@ async fn topology_changes_under_load_keep_every_window_within_bounds() {
     let mut cluster = RedisCluster::start_with_replicas(3, 1_000);
     let limiter = Arc::new(RateLimiter::new(
         RedisStore::builder(&cluster.url())
+            .batching(true)
             .timeout(Duration::from_millis(300))
             .on_failure(FailurePolicy::Deny)
             .circuit_breaker(3, Duration::from_millis(100))

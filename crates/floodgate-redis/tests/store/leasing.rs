@@ -199,9 +199,6 @@ async fn bad_lease_settings_are_refused() {
     for builder in [
         RedisStore::builder("redis://127.0.0.1:6379").lease(Duration::ZERO),
         RedisStore::builder("redis://127.0.0.1:6379").lease_for("api", Duration::ZERO),
-        RedisStore::builder("redis+cluster://127.0.0.1:7000,127.0.0.1:7001")
-            .batching(false)
-            .lease(Duration::from_millis(50)),
     ] {
         let error = builder.check().unwrap_err();
         assert!(

@@ -324,7 +324,7 @@ pub(super) fn store_section(
         url,
         max_keys,
         connections,
-        batching: raw.batching.unwrap_or(true),
+        batching: raw.batching,
         sentinel_password,
         on_error: on_error(raw.on_error.unwrap_or(RawOnError::Allow))?,
         local_share: share,

@@ -224,7 +224,7 @@ fn check_config_prints_the_resolved_config_with_secrets_redacted() {
     assert!(!stdout.contains("do-not-print-me"), "{stdout}");
     for line in [
         "server.admin_token: set (redacted)",
-        "store: redis://app:***@127.0.0.1:6379 (timeout 50ms, on_error allow, local_share 0.25)",
+        "store: redis://app:***@127.0.0.1:6379 (timeout 50ms, on_error allow, local_share 0.25, batching on)",
         "policy free: 5/s burst 10; 1000/d",
         "policy login: 5/m; 20/d (on_error deny)",
         "policy search: 10/s (on_error local) (shadow)",
