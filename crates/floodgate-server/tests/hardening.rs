@@ -225,11 +225,17 @@ async fn silent_grpc_connections_are_closed_even_out_of_file_descriptors() {
         .await
         .expect("/healthz answers");
     assert_eq!(health.status, 200);
-    let metrics = get(binary.http, "/metrics").await.body;
-    let timed_out = metric(
-        &metrics,
-        "floodgate_connections_closed_total{listener=\"grpc\",reason=\"handshake_timeout\"}",
-    );
+    // Each close is counted when its task ends, just after its socket closes: look again
+    // for a moment rather than race the last one.
+    let series =
+        "floodgate_connections_closed_total{listener=\"grpc\",reason=\"handshake_timeout\"}";
+    let until = tokio::time::Instant::now() + Duration::from_secs(2);
+    let mut metrics = get(binary.http, "/metrics").await.body;
+    while metric(&metrics, series) < 300 && tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        metrics = get(binary.http, "/metrics").await.body;
+    }
+    let timed_out = metric(&metrics, series);
     assert_eq!(timed_out, 300, "{metrics}");
     let accept_errors = metric(&metrics, "floodgate_accept_errors_total{listener=\"grpc\"}")
         + metric(&metrics, "floodgate_accept_errors_total{listener=\"http\"}");
@@ -346,14 +352,14 @@ async fn an_idle_grpc_connection_is_closed_with_a_goaway() {
         goaway_after >= Duration::from_millis(400),
         "{goaway_after:?}"
     );
-    let metrics = server.metrics();
-    assert_eq!(
-        metric(
-            &metrics,
-            "floodgate_connections_closed_total{listener=\"grpc\",reason=\"idle\"}"
-        ),
-        1
-    );
+    // The close is counted when the connection's task ends, just after the socket closes:
+    // look again for a moment rather than race it.
+    let series = "floodgate_connections_closed_total{listener=\"grpc\",reason=\"idle\"}";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    while metric(&server.metrics(), series) == 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(metric(&server.metrics(), series), 1);
     server.shutdown().await;
 }
 
