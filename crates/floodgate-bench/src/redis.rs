@@ -317,9 +317,9 @@ pub(crate) fn run(runs: usize, millis: u64) {
                 format!("random over {keys}")
             },
             if batching {
-                "per slot (default)"
+                "per slot, `batching(true)`"
             } else {
-                "off"
+                "off (the Cluster default)"
             },
             crate::human(med(samples, |s| s.ops)),
             med(samples, |s| s.p50_ms),
