@@ -266,7 +266,18 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
     }
     #[cfg(unix)]
     if options.reload_on_sighup {
-        tasks.push(tokio::spawn(reload::on_sighup(shared.clone(), stopped)));
+        // Registered before `start` returns: a SIGHUP sent once the server answers must
+        // reload it, never meet the default disposition (which ends the process).
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(hangups) => tasks.push(tokio::spawn(reload::on_sighup(
+                shared.clone(),
+                hangups,
+                stopped,
+            ))),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; reload by editing the config file")
+            }
+        }
     }
     Ok(Running {
         http,

@@ -155,6 +155,9 @@ fn serve(args: ServeArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        // The handlers are in place before the banner says the server is up: a signal
+        // sent once it answers stops it gracefully, never by the default disposition.
+        let stopping = shutdown_signal();
         let http = server.http_addr();
         tracing::info!(%http, grpc = %server.grpc_addr(), "listening");
         let banner = banner(&server.config(), http, server.grpc_addr(), demo);
@@ -164,31 +167,39 @@ fn serve(args: ServeArgs) -> ExitCode {
             .write_all(banner.as_bytes())
             .and_then(|()| stdout.flush());
         drop(stdout);
-        shutdown_signal().await;
+        stopping.await;
         tracing::info!("shutting down: finishing in-flight requests");
         server.shutdown().await;
         ExitCode::SUCCESS
     })
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Registers the SIGINT and SIGTERM handlers now (not at the first poll); the future
+/// ends at the first of them.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let interrupt = signal(SignalKind::interrupt());
+        let terminate = signal(SignalKind::terminate());
+        async move {
+            let next = |signal: std::io::Result<tokio::signal::unix::Signal>| async move {
+                match signal {
+                    Ok(mut signal) => {
+                        signal.recv().await;
+                    }
+                    Err(_) => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                () = next(interrupt) => {}
+                () = next(terminate) => {}
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
+    }
     #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
+    async {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 

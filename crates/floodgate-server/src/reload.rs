@@ -57,12 +57,11 @@ pub(crate) async fn fingerprint(
 }
 
 #[cfg(unix)]
-pub(crate) async fn on_sighup(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot listen for SIGHUP; reload by editing the config file");
-        return;
-    };
+pub(crate) async fn on_sighup(
+    shared: Arc<Shared>,
+    mut hangups: tokio::signal::unix::Signal,
+    mut stopped: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             received = hangups.recv() => {

@@ -181,6 +181,25 @@ async fn the_binary_reloads_on_sighup_and_exits_0_on_sigterm() {
     assert_eq!(wait_exit(child), Some(0));
 }
 
+/// The signal handlers are registered before the banner: signals sent the moment the
+/// server announces itself reload it and stop it gracefully, never kill it.
+#[test]
+fn signals_sent_right_after_the_banner_are_handled() {
+    let dir = TempDir::new("early-signals");
+    let path = dir.write("floodgate.toml", &valid(0));
+    let path = path.to_string_lossy().into_owned();
+    for stop in ["INT", "TERM"] {
+        let mut binary = Binary::spawn(&["serve", "--config", &path, "--watch-secs", "0"], None);
+        signal(&binary.child, "HUP");
+        signal(&binary.child, stop);
+        assert_eq!(
+            wait_exit(&mut binary.child),
+            Some(0),
+            "SIGHUP then SIG{stop}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bare_binary_serves_the_demo_tiers() {
     let mut binary = Binary::spawn(&[], None);
