@@ -9,6 +9,7 @@
 
 pub mod conformance;
 pub mod history;
+pub mod login;
 pub mod model;
 pub mod proxy;
 pub mod redis_server;

@@ -1,7 +1,8 @@
 //! Which bucket a request counts against: its key.
 
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 
+use floodgate::ip::canonical;
 use http::{Extensions, HeaderMap, Method, Uri};
 use ipnet::IpNet;
 
@@ -78,7 +79,7 @@ impl PeerIp {
     pub fn new() -> Self {
         PeerIp {
             trusted: Vec::new(),
-            ipv6_prefix: 64,
+            ipv6_prefix: floodgate::ip::DEFAULT_IPV6_PREFIX,
         }
     }
 
@@ -122,14 +123,10 @@ impl PeerIp {
 
 impl KeyExtractor for PeerIp {
     fn extract(&self, request: &RequestInfo<'_>) -> Option<String> {
-        Some(match self.client_ip(request)? {
-            IpAddr::V4(ip) => format!("ip:{ip}"),
-            IpAddr::V6(ip) => {
-                let bits = u32::from(self.ipv6_prefix);
-                let mask = u128::MAX.checked_shl(128 - bits).unwrap_or(0);
-                format!("ip:{}/{bits}", Ipv6Addr::from(u128::from(ip) & mask))
-            }
-        })
+        Some(floodgate::ip::client_key(
+            self.client_ip(request)?,
+            self.ipv6_prefix,
+        ))
     }
 }
 
@@ -147,13 +144,6 @@ fn peer_addr(extensions: &Extensions) -> Option<SocketAddr> {
             .map(|c| c.0)
     });
     found
-}
-
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
 }
 
 /// Forwarding hops, nearest last: from `Forwarded` (`for=`) if present, else from

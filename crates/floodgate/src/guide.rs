@@ -182,3 +182,51 @@
 //!   frame that takes the total past 65 536 bytes fails the request with `413`; a declared
 //!   `Content-Length` over the cap fails it before reading. So the accepted bodies are
 //!   exactly those of at most 65 536 bytes, whatever the framing.
+//!
+//! ## Login protection
+//!
+//! [`LoginGuard`](crate::login::LoginGuard) (feature `login`) is built from token buckets
+//! only, so it runs on any store; these are the rules it states, and why they hold. `T` is a
+//! limit's emission interval, and a bucket is one timestamp, the TAT (see the first section).
+//!
+//! - **`k` failures of a pair within the strike window `W` always lock it** (`k` =
+//!   `strikes`). The strikes bucket has burst `k − 1` and refills one token per `W`. Let the
+//!   failures come at `t₁ ≤ … ≤ t_k` with `t_k − t₁ < W`, none of them locking before. At
+//!   `t₁` the bucket holds at most `k − 1` tokens; the first `k − 1` failures take one
+//!   each; between `t₁` and `t_k` less than `(t_k − t₁)/W < 1` token is added. So at `t_k`
+//!   less than one token is left and the `k`-th failure is refused: the pair is locked. The
+//!   bucket also locks a pair that keeps failing faster than once per `W` on average, even
+//!   with fewer than `k` in any one window; failures one per `W` or slower never lock (for
+//!   `k ≥ 2`: each takes a token and one is back before the next; with `k = 1` every failure
+//!   locks).
+//! - **A lockout of length `d` ends exactly `d` after it began.** The lock bucket holds
+//!   `C` one-millisecond tokens, `C` the longest lockout. Locking resets it (TAT = now `t`)
+//!   and charges `C + d − 1` tokens, so TAT = `t + (C + d − 1)·1 ms`; since `d ≤ C` this is
+//!   within the one burst of debt a charge may leave, so nothing is capped. A one-token peek
+//!   passes at `s` iff `TAT − s ≤ (C − 1)·1 ms`, i.e. iff `s ≥ t + d`, and a denied peek's
+//!   `retry_after` is exactly `t + d − s`. Peeks consume nothing, so probing a locked pair
+//!   never extends its lockout.
+//! - **The ladder climbs one length per lockout, caps at the last, and comes down one per
+//!   `forget_after` since the last lockout.** With lengths `d₀ … d_{n−1}` the levels bucket
+//!   has burst `n − 1` and refills one token per `forget_after` (`F`). After a lockout that
+//!   leaves the ladder at step `p` the bucket is reset and charged `p` tokens, so at `s`
+//!   it holds `n − 1 − p + ⌊(s − t)/F⌋` whole tokens (capped at `n − 1`), and the next
+//!   lockout's step, `n − 1 − remaining`, is `max(0, p − ⌊(s − t)/F⌋)`. A lockout at step
+//!   `q` leaves the ladder at `min(q + 1, n − 1)`.
+//! - **Parallel guesses for one pair are bounded by the per-pair burst.** `attempt` charges
+//!   the per-pair bucket before it answers, with the store's atomic check-and-consume: of
+//!   any number of concurrent attempts for a pair, at most its burst (plus the refill while
+//!   they run) are allowed, however long the password checks take before a failure is
+//!   recorded.
+//! - **The known-device exemption lasts exactly `known_device_for` from the last success.**
+//!   The known bucket (burst 1, one token per `K`) is reset and charged one token at each
+//!   success: TAT = `t + K`; a peek is refused — the device is known — iff `s < t + K`.
+//!
+//! Each attempt checks, in order: the lockout, the per-IP, the per-pair, and (unless the
+//! device is known) the per-username limit, stopping at the first refusal; the buckets
+//! checked before it have been charged, which is what a refused attempt should cost. The
+//! steps are separate store calls: two nodes recording failures of one pair at the same
+//! instant may both lock it, never neither; their two charges can then stack, so that
+//! lockout lasts at least its length and at most the longest length plus 1 ms (the charge
+//! cap of one burst of debt). The test kit's `login` cases check every rule above on the memory store
+//! and on Redis.

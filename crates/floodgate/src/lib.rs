@@ -46,8 +46,12 @@ mod error;
 mod failure;
 mod gcra;
 pub mod guide;
+pub mod ip;
 mod limit;
 mod limiter;
+#[cfg(feature = "login")]
+#[cfg_attr(docsrs, doc(cfg(feature = "login")))]
+pub mod login;
 mod notation;
 pub mod store;
 mod sync;

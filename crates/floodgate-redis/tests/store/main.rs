@@ -13,4 +13,5 @@ mod batching;
 mod conformance;
 mod deny_cache;
 mod leasing;
+mod login;
 mod tls;

@@ -46,3 +46,7 @@ mod memory_store {
 mod tiny_memory_store {
     floodgate_testkit::conformance_tests!(super::tiny_store);
 }
+
+mod login {
+    floodgate_testkit::login_tests!(super::default_store);
+}
