@@ -1,10 +1,12 @@
 //! The `login_protection` example on a manual clock: escalating, bounded lockouts that
 //! forget; a success resets the pair; spraying cannot lock the real user's usual pair.
+//! (The guard's rules are checked in full by the test kit's login cases.)
 
 #[path = "../../examples/login_protection.rs"]
 #[allow(dead_code)]
 mod example;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,11 +22,16 @@ fn login() -> (
     (example::Login::new(limiter).unwrap(), clock)
 }
 
+fn ip(text: &str) -> IpAddr {
+    text.parse().unwrap()
+}
+
+/// Three wrong passwords (each a `401`), then the answer to the next attempt: the lockout.
 async fn fail_three_times(
     login: &example::Login<floodgate::MemoryStore<ManualClock>>,
-    ip: &str,
+    ip: IpAddr,
 ) -> (StatusCode, Duration) {
-    for _ in 0..2 {
+    for _ in 0..3 {
         assert_eq!(
             login.attempt(ip, "alice", "guess").await.unwrap().0,
             StatusCode::UNAUTHORIZED
@@ -36,7 +43,7 @@ async fn fail_three_times(
 #[tokio::test]
 async fn lockouts_escalate_are_capped_and_forget_with_time() {
     let (login, clock) = login();
-    let ip = "192.0.2.1";
+    let ip = ip("192.0.2.1");
     let mut lengths = Vec::new();
     for _ in 0..4 {
         let (status, length) = fail_three_times(&login, ip).await;
@@ -62,7 +69,7 @@ async fn lockouts_escalate_are_capped_and_forget_with_time() {
 #[tokio::test]
 async fn a_success_resets_the_pair() {
     let (login, clock) = login();
-    let ip = "192.0.2.1";
+    let ip = ip("192.0.2.1");
     for _ in 0..2 {
         assert_eq!(
             login.attempt(ip, "alice", "guess").await.unwrap().0,
@@ -86,7 +93,7 @@ async fn a_success_resets_the_pair() {
 #[tokio::test]
 async fn spraying_one_username_cannot_lock_out_the_users_usual_device() {
     let (login, clock) = login();
-    let home = "198.51.100.10";
+    let home = ip("198.51.100.10");
     assert_eq!(
         login
             .attempt(home, "alice", "correct horse")
@@ -99,7 +106,7 @@ async fn spraying_one_username_cannot_lock_out_the_users_usual_device() {
     let mut throttled = 0;
     for i in 0..200 {
         let (status, _) = login
-            .attempt(&format!("203.0.113.{i}"), "alice", "guess")
+            .attempt(ip(&format!("203.0.113.{i}")), "alice", "guess")
             .await
             .unwrap();
         throttled += usize::from(status == StatusCode::TOO_MANY_REQUESTS);
