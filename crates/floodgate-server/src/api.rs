@@ -1,5 +1,6 @@
-//! The HTTP JSON API: `/v1/check`, `/v1/peek`, `/v1/reset`, `/v1/policies`, health and
-//! metrics. Errors are `application/problem+json`.
+//! The HTTP JSON API: `/v1/check`, `/v1/peek`, `/v1/reset`, `/v1/policies`, the login
+//! guards' `/v1/login/attempt` and `/v1/login/result` (in [`login`]), health and metrics.
+//! Errors are `application/problem+json`.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -17,6 +18,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use crate::request;
 use crate::state::{AnyStore, Served, ServedPolicy, Shared};
 
+mod login;
+
 /// The largest request body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
 pub use crate::request::MAX_KEY;
@@ -27,6 +30,8 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/peek", post(peek))
         .route("/v1/reset", post(reset))
         .route("/v1/policies", get(policies))
+        .route("/v1/login/attempt", post(login::attempt))
+        .route("/v1/login/result", post(login::result))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -488,8 +493,9 @@ fn lease_metrics(served: &Served, out: &mut String) {
 async fn method_not_allowed() -> Response {
     problem(
         StatusCode::METHOD_NOT_ALLOWED,
-        "this endpoint does not take this method: /v1/check, /v1/peek and /v1/reset take POST; \
-         /v1/policies, /healthz, /readyz and /metrics take GET",
+        "this endpoint does not take this method: /v1/check, /v1/peek, /v1/reset, \
+         /v1/login/attempt and /v1/login/result take POST; /v1/policies, /healthz, /readyz and \
+         /metrics take GET",
     )
 }
 

@@ -25,7 +25,8 @@ mod toml_location;
 pub use crate::rules::{Domain, Domains};
 pub use envoy::{DEFAULT_MAX_FILE_BYTES, LoadOptions, MAX_FILE_BYTES_LIMIT, MAX_YAML_NODES};
 use sections::{
-    RawConfig, envoy_section, parse_store_url, policies_section, server_section, store_section,
+    RawConfig, envoy_section, login_section, parse_store_url, policies_section, server_section,
+    store_section,
 };
 
 /// The built-in configuration `floodgate serve` runs without `--config`: three SaaS tiers on
@@ -46,6 +47,8 @@ enterprise = "100/s burst 200"
 
 /// Policy names starting with this prefix are reserved for the Envoy rules' buckets.
 pub const RESERVED_PREFIX: &str = "envoy:";
+/// Policy names starting with this prefix are reserved for the login guards' buckets.
+pub const LOGIN_PREFIX: &str = "login:";
 
 /// A configuration error: which file, which key, and why.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -203,6 +206,18 @@ pub struct PolicyConfig {
     pub shadow: bool,
 }
 
+/// One `[login]` guard.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoginGuardConfig {
+    /// What the guard enforces (checked: a guard builds from it).
+    pub config: floodgate::login::LoginConfig,
+    /// What an attempt is answered when the store fails (`deny` by default: never fail
+    /// open on a login); `local` decides on this node's share of each limit.
+    pub on_error: FailurePolicy,
+    /// The guard's policies (`login:{name}:…`), for the store's per-policy settings.
+    pub policies: Vec<Policy>,
+}
+
 /// A validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -214,6 +229,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// `[policies]`, by name.
     pub policies: BTreeMap<String, PolicyConfig>,
+    /// `[login]` guards, by name.
+    pub login: BTreeMap<String, LoginGuardConfig>,
     /// The Envoy domains loaded from `[envoy] config_dir`.
     pub envoy: Domains,
     /// `[envoy] config_dir`, resolved against the config file's directory.
@@ -275,11 +292,12 @@ impl Config {
         let server = server_section(raw.server, file)?;
         let store = store_section(raw.store, file, dir)?;
         let policies = policies_section(raw.policies, file, store.local_share, &store.url)?;
+        let login = login_section(raw.login, file, store.local_share, &policies)?;
         let (envoy, envoy_dir, envoy_options) = envoy_section(raw.envoy, file, dir)?;
-        if policies.is_empty() && envoy.is_empty() {
+        if policies.is_empty() && envoy.is_empty() && login.is_empty() {
             return Err(err(
                 "policies",
-                "no policies and no Envoy domains: nothing to serve".into(),
+                "no policies, no login guards and no Envoy domains: nothing to serve".into(),
             ));
         }
         Ok(Config {
@@ -287,6 +305,7 @@ impl Config {
             server,
             store,
             policies,
+            login,
             envoy,
             envoy_dir,
             envoy_options,
@@ -414,6 +433,39 @@ impl Config {
                 let _ = write!(out, " (lease {})", humantime::format_duration(lease));
             }
             let _ = writeln!(out);
+        }
+        for (name, guard) in &self.login {
+            let c = &guard.config;
+            let limits = |limits: &[floodgate::Limit]| {
+                limits
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            };
+            let lengths: Vec<String> = c
+                .lockouts
+                .iter()
+                .map(|d| humantime::format_duration(*d).to_string())
+                .collect();
+            let _ = writeln!(
+                out,
+                "login {name}: per_ip {}, per_user {}, per_pair {}, {} strikes in {} lock for {} (one level forgotten per {}), known devices for {}, secret {}, on_error {}",
+                limits(&c.per_ip),
+                limits(&c.per_user),
+                limits(&c.per_pair),
+                c.strikes,
+                humantime::format_duration(c.strike_window),
+                lengths.join(", "),
+                humantime::format_duration(c.forget_after),
+                humantime::format_duration(c.known_device_for),
+                if c.secret.is_some() {
+                    "set (redacted)"
+                } else {
+                    "not set"
+                },
+                on_error_name(guard.on_error)
+            );
         }
         if let Some(dir) = &self.envoy_dir {
             let _ = writeln!(

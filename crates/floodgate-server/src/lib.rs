@@ -3,7 +3,9 @@
 //! One process answers "may this request go through?" over two APIs:
 //!
 //! - an **HTTP JSON API** (`POST /v1/check`, `/v1/peek`, `/v1/reset`, `GET /v1/policies`,
-//!   `/healthz`, `/readyz`, `/metrics`) for the policies of the TOML config, and
+//!   `/healthz`, `/readyz`, `/metrics`) for the policies of the TOML config, with
+//!   `POST /v1/login/attempt` and `/v1/login/result` for its `[login]` guards (brute-force
+//!   protection, `floodgate::login::LoginGuard` over HTTP), and
 //! - **Envoy's rate limit service** (`envoy.service.ratelimit.v3.RateLimitService`, gRPC),
 //!   configured with envoyproxy/ratelimit's YAML descriptor files — a drop-in for Envoy and
 //!   Istio.

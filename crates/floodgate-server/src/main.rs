@@ -115,12 +115,17 @@ fn banner(config: &Config, http: SocketAddr, grpc: SocketAddr, demo: bool) -> St
              pro (50/s burst 100), enterprise (100/s burst 200)\n",
         );
     }
-    match config.policies.keys().next() {
-        Some(policy) => banner.push_str(&format!(
+    let first_guard = config.login.keys().next();
+    match (config.policies.keys().next(), first_guard) {
+        (Some(policy), _) => banner.push_str(&format!(
             "try: curl -s -X POST http://{http}/v1/check -d '{}'\n",
             serde_json::json!({ "policy": policy, "key": "user:42" })
         )),
-        None => banner.push_str(&format!(
+        (None, Some(guard)) => banner.push_str(&format!(
+            "try: curl -s -X POST http://{http}/v1/login/attempt -d '{}'\n",
+            serde_json::json!({ "guard": guard, "username": "alice", "ip": "192.0.2.7" })
+        )),
+        (None, None) => banner.push_str(&format!(
             "no [policies] configured: the Envoy domains are served on {grpc} (see GET http://{http}/v1/policies)\n"
         )),
     }
@@ -222,5 +227,25 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("free"), "{text}");
+    }
+
+    #[test]
+    fn with_only_login_guards_the_banner_suggests_an_attempt() {
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap_or_else(|e| panic!("{e}"));
+        let config = Config::parse(
+            "[login]
+web = {}
+",
+            std::path::Path::new("x.toml"),
+            None,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let text = banner(&config, addr, addr, false);
+        assert!(
+            text.contains(
+                r#"/v1/login/attempt -d '{"guard":"web","ip":"192.0.2.7","username":"alice"}'"#
+            ),
+            "{text}"
+        );
     }
 }

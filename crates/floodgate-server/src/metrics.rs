@@ -42,6 +42,50 @@ impl PolicyCounters {
     }
 }
 
+/// Counters of one login guard: attempts by answer, results by outcome. Labels are the
+/// guard's name and fixed words, never a username or an address.
+#[derive(Debug, Default)]
+pub struct LoginCounters {
+    /// Attempts by answer, in the order of [`LOGIN_ANSWERS`].
+    attempts: [AtomicU64; 6],
+    success: AtomicU64,
+    failure: AtomicU64,
+    store_errors: AtomicU64,
+}
+
+/// What an attempt was answered: allowed, refused by a rule, or refused because the store
+/// failed (`unavailable`, under `on_error = "deny"`).
+pub const LOGIN_ANSWERS: [&str; 6] = [
+    "allowed",
+    "ip",
+    "username",
+    "pair",
+    "lockout",
+    "unavailable",
+];
+
+impl LoginCounters {
+    /// Counts an attempt answered `answer` (one of [`LOGIN_ANSWERS`]).
+    pub fn attempt(&self, answer: &str) {
+        if let Some(i) = LOGIN_ANSWERS.iter().position(|a| *a == answer) {
+            self.attempts[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    /// Counts a recorded result.
+    pub fn result(&self, success: bool) {
+        let counter = if success {
+            &self.success
+        } else {
+            &self.failure
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+    /// Counts a store failure during an attempt or a record.
+    pub fn store_error(&self) {
+        self.store_errors.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// Upper bounds of the store latency histogram, in seconds.
 const BUCKETS: [f64; 12] = [
     0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.05,
@@ -98,6 +142,7 @@ const LISTENERS: [Listener; 2] = [Listener::Http, Listener::Grpc];
 #[derive(Debug, Default)]
 pub struct Metrics {
     policies: Mutex<HashMap<String, Arc<PolicyCounters>>>,
+    logins: Mutex<HashMap<String, Arc<LoginCounters>>>,
     latency: [AtomicU64; BUCKETS.len() + 1],
     latency_sum_ns: AtomicU64,
     store_errors: AtomicU64,
@@ -125,6 +170,24 @@ impl Metrics {
     pub fn retain_policies(&self, live: &std::collections::HashSet<&str>) {
         let mut map = self
             .policies
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.retain(|name, _| live.contains(name.as_str()));
+    }
+
+    /// The counters of login guard `guard`, created on first use and kept across reloads.
+    pub fn login(&self, guard: &str) -> Arc<LoginCounters> {
+        let mut map = self
+            .logins
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.entry(guard.to_owned()).or_default().clone()
+    }
+
+    /// Keeps the counters of the guards in `live` (called at reload).
+    pub fn retain_logins(&self, live: &std::collections::HashSet<&str>) {
+        let mut map = self
+            .logins
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         map.retain(|name, _| live.contains(name.as_str()));
@@ -349,6 +412,7 @@ impl Metrics {
                 load(&self.accept_errors[listener as usize])
             );
         }
+        self.render_logins(&mut out);
         header(
             &mut out,
             "floodgate_config_reloads_total",
@@ -366,6 +430,68 @@ impl Metrics {
             load(&self.reloads_failed)
         );
         out
+    }
+}
+
+impl Metrics {
+    /// The login guards' families (absent when no guard is configured).
+    fn render_logins(&self, out: &mut String) {
+        let guards: Vec<(String, Arc<LoginCounters>)> = {
+            let map = self
+                .logins
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut all: Vec<_> = map.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            all.sort_by(|a, b| a.0.cmp(&b.0));
+            all
+        };
+        if guards.is_empty() {
+            return;
+        }
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        header(
+            out,
+            "floodgate_login_attempts_total",
+            "counter",
+            "Login attempts by guard and answer (allowed, or the rule that refused: ip, username, pair, lockout; unavailable: the store failed and the guard fails closed).",
+        );
+        for (guard, c) in &guards {
+            for (answer, count) in LOGIN_ANSWERS.iter().zip(&c.attempts) {
+                let _ = writeln!(
+                    out,
+                    "floodgate_login_attempts_total{{guard=\"{guard}\",answer=\"{answer}\"}} {}",
+                    load(count)
+                );
+            }
+        }
+        header(
+            out,
+            "floodgate_login_results_total",
+            "counter",
+            "Recorded password checks by guard and outcome.",
+        );
+        for (guard, c) in &guards {
+            for (outcome, count) in [("success", &c.success), ("failure", &c.failure)] {
+                let _ = writeln!(
+                    out,
+                    "floodgate_login_results_total{{guard=\"{guard}\",outcome=\"{outcome}\"}} {}",
+                    load(count)
+                );
+            }
+        }
+        header(
+            out,
+            "floodgate_login_store_errors_total",
+            "counter",
+            "Attempts and results of a login guard that the store failed to decide or record.",
+        );
+        for (guard, c) in &guards {
+            let _ = writeln!(
+                out,
+                "floodgate_login_store_errors_total{{guard=\"{guard}\"}} {}",
+                load(&c.store_errors)
+            );
+        }
     }
 }
 

@@ -101,3 +101,81 @@ pub fn reset(body: &[u8]) -> Result<Reset<'_>, String> {
         key: raw.key,
     })
 }
+
+/// A `/v1/login/attempt` or `/v1/login/result` body.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Login<'a> {
+    /// The guard's name (not yet looked up).
+    pub guard: Cow<'a, str>,
+    /// The username as typed: 1 to [`MAX_KEY`] bytes, not only white space.
+    pub username: Cow<'a, str>,
+    /// The client's address.
+    pub ip: std::net::IpAddr,
+    /// The device the known-device exemption is keyed by instead of the address.
+    pub device: Option<Cow<'a, str>>,
+    /// `/v1/login/result` only: whether the password was right.
+    pub success: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLogin<'a> {
+    #[serde(borrow)]
+    guard: Cow<'a, str>,
+    #[serde(borrow)]
+    username: Cow<'a, str>,
+    #[serde(borrow)]
+    ip: Cow<'a, str>,
+    #[serde(borrow, default)]
+    device: Option<Cow<'a, str>>,
+    success: Option<bool>,
+}
+
+/// Parses a login body: `result` says whether it is a `/v1/login/result` (which needs
+/// `success`) or an attempt (which must not have it). The error is a `400`'s detail.
+pub fn login(body: &[u8], result: bool) -> Result<Login<'_>, String> {
+    let example = if result {
+        r#"{"guard":"web","username":"alice","ip":"192.0.2.1","success":false}"#
+    } else {
+        r#"{"guard":"web","username":"alice","ip":"192.0.2.1"}"#
+    };
+    let raw: RawLogin<'_> = object(body, example)?;
+    if raw.username.len() > MAX_KEY || raw.username.trim().is_empty() {
+        return Err(format!(
+            "username must be 1 to {MAX_KEY} bytes and not only white space, got {} bytes",
+            raw.username.len()
+        ));
+    }
+    let ip = raw.ip.trim().parse().map_err(|_| {
+        format!(
+            "ip '{}' is not an IPv4 or IPv6 address such as \"192.0.2.1\"",
+            raw.ip.escape_debug()
+        )
+    })?;
+    if let Some(device) = raw
+        .device
+        .as_ref()
+        .filter(|d| d.is_empty() || d.len() > MAX_KEY)
+    {
+        return Err(format!(
+            "device must be 1 to {MAX_KEY} bytes, got {}",
+            device.len()
+        ));
+    }
+    match (result, raw.success) {
+        (true, None) => return Err(format!("missing field `success`: {example}")),
+        (false, Some(_)) => {
+            return Err(
+                "`success` belongs in POST /v1/login/result, after the password check".into(),
+            );
+        }
+        _ => {}
+    }
+    Ok(Login {
+        guard: raw.guard,
+        username: raw.username,
+        ip,
+        device: raw.device,
+        success: raw.success,
+    })
+}

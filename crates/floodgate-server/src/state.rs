@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use floodgate::FailurePolicy;
+use floodgate::login::LoginGuard;
 use floodgate::store::Op;
 use floodgate::{Decision, Error, MemoryStore, MonotonicClock, Policy, RateLimiter, Store};
 use floodgate_redis::RedisStore;
@@ -16,7 +17,7 @@ use http::HeaderValue;
 
 use crate::config::{Config, ConfigError, Overrides, StoreUrl};
 use crate::listener::HttpLimits;
-use crate::metrics::{Metrics, PolicyCounters};
+use crate::metrics::{LoginCounters, Metrics, PolicyCounters};
 
 /// The store the server runs on, chosen once from the config URL (static dispatch).
 pub enum AnyStore {
@@ -73,8 +74,17 @@ pub(crate) struct Served {
     /// Counters of the Envoy rules' bucket policies, by policy name.
     pub(crate) rule_counters: HashMap<String, Arc<PolicyCounters>>,
     pub(crate) limiter: Arc<RateLimiter<AnyStore>>,
+    /// `[login]` guards, by name.
+    pub(crate) logins: HashMap<String, ServedLogin>,
     /// `GET /v1/policies`, rendered once.
     pub(crate) policy_list: String,
+}
+
+/// A login guard as the HTTP API serves it.
+pub(crate) struct ServedLogin {
+    pub(crate) guard: LoginGuard<AnyStore>,
+    pub(crate) on_error: FailurePolicy,
+    pub(crate) counters: Arc<LoginCounters>,
 }
 
 /// Per-server state shared by every request and task.
@@ -201,6 +211,9 @@ impl Shared {
             .map(String::as_str)
             .collect();
         self.metrics.retain_policies(&live);
+        let guards: std::collections::HashSet<&str> =
+            served.logins.keys().map(String::as_str).collect();
+        self.metrics.retain_logins(&guards);
         self.served.store(Arc::new(served));
         Ok(version)
     }
@@ -253,8 +266,26 @@ impl Served {
             .into_iter()
             .map(|p| (p.name().to_owned(), metrics.policy(p.name())))
             .collect();
+        let mut logins = HashMap::new();
+        for (name, g) in &config.login {
+            // The config loader built a guard from the same settings: this cannot fail.
+            match LoginGuard::new(limiter.clone(), name, g.config.clone()) {
+                Ok(guard) => {
+                    logins.insert(
+                        name.clone(),
+                        ServedLogin {
+                            guard,
+                            on_error: g.on_error,
+                            counters: metrics.login(name),
+                        },
+                    );
+                }
+                Err(e) => tracing::error!(guard = %name, error = %e, "login guard not served"),
+            }
+        }
         Served {
             version,
+            logins,
             policy_list: format!("[{}]", list.join(",")),
             config,
             policies,
@@ -273,7 +304,15 @@ fn same_store(a: &Config, b: &Config) -> bool {
                 .map(|(name, p)| (name.clone(), p.on_error, p.lease))
                 .collect()
         };
-    a.store == b.store && (a.store.url == StoreUrl::Memory || overrides(a) == overrides(b))
+    let guards = |c: &Config| -> Vec<(String, FailurePolicy)> {
+        c.login
+            .iter()
+            .map(|(name, g)| (name.clone(), g.on_error))
+            .collect()
+    };
+    a.store == b.store
+        && (a.store.url == StoreUrl::Memory
+            || (overrides(a) == overrides(b) && guards(a) == guards(b)))
 }
 
 fn origin(config: &Config) -> PathBuf {
@@ -289,6 +328,17 @@ fn redis_builder(config: &Config, url: &str) -> floodgate_redis::RedisStoreBuild
         .connections(config.store.connections)
         .timeout(config.store.timeout)
         .on_failure(config.store.on_error);
+    for guard in config.login.values() {
+        // A guard's store errors reach the endpoint, which answers by the guard's
+        // `on_error`; only `local` is the store's to apply.
+        let on_failure = match guard.on_error {
+            local @ FailurePolicy::Local { .. } => local,
+            _ => FailurePolicy::Error,
+        };
+        for policy in &guard.policies {
+            builder = builder.on_failure_for(policy.name().to_owned(), on_failure);
+        }
+    }
     for (name, p) in &config.policies {
         if let Some(on_error) = p.on_error {
             builder = builder.on_failure_for(name.clone(), on_error);

@@ -35,8 +35,10 @@
 //!
 //! Cargo features: `tokio` (default) sleeps on tokio's timer in `until_ready` when inside a
 //! tokio runtime (elsewhere a small timer thread is used); `serde` (de)serializes `Limit`
-//! and `Policy` as rate notation. See the [`guide`] for the algorithm, the memory store's
-//! design and choosing a store.
+//! and `Policy` as rate notation; `login` adds [`login::LoginGuard`], brute-force protection
+//! for logins (limits per IP, username and pair, an escalating lockout, known devices) on
+//! any store. [`ip`] keys client addresses (IPv6 by /64). See the [`guide`] for the
+//! algorithm, the memory store's design, choosing a store and the login guard's proofs.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

@@ -63,8 +63,8 @@ use sha2::Sha256;
 use crate::{Error, Limit, MAX_NAME_LEN, Policy, RateLimiter, Store};
 
 /// What the guard enforces. Start from [`LoginConfig::default`] (the values below) and
-/// change fields; [`LoginGuard::new`] checks them.
-#[derive(Clone, Debug, PartialEq)]
+/// change fields; [`LoginGuard::new`] checks them. `Debug` never shows the secret.
+#[derive(Clone, PartialEq)]
 #[non_exhaustive]
 pub struct LoginConfig {
     /// Attempts per client address (IPv6 grouped by `ipv6_prefix`): `30/m`.
@@ -109,8 +109,26 @@ impl Default for LoginConfig {
     }
 }
 
-/// The longest lockout: the lock bucket counts milliseconds in a `u32` cost of twice it.
-pub const MAX_LOCKOUT: Duration = Duration::from_millis(i32::MAX as u64);
+impl std::fmt::Debug for LoginConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoginConfig")
+            .field("per_ip", &self.per_ip)
+            .field("per_user", &self.per_user)
+            .field("per_pair", &self.per_pair)
+            .field("strikes", &self.strikes)
+            .field("strike_window", &self.strike_window)
+            .field("lockouts", &self.lockouts)
+            .field("forget_after", &self.forget_after)
+            .field("known_device_for", &self.known_device_for)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("ipv6_prefix", &self.ipv6_prefix)
+            .finish()
+    }
+}
+
+/// The longest lockout, 24 days: the lock bucket counts milliseconds, and a lockout
+/// charges up to twice the longest in one `u32` cost.
+pub const MAX_LOCKOUT: Duration = Duration::from_secs(24 * 86_400);
 
 /// Which rule refused an attempt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -186,6 +204,11 @@ pub enum Outcome {
 /// Brute-force protection for one login form or API (see the [module docs](self)).
 pub struct LoginGuard<S: Store> {
     limiter: Arc<RateLimiter<S>>,
+    rules: Rules,
+}
+
+/// A guard's validated policies and settings, independent of the store.
+struct Rules {
     name: String,
     per_ip: Policy,
     per_user: Policy,
@@ -206,18 +229,31 @@ pub struct LoginGuard<S: Store> {
     ipv6_prefix: u8,
 }
 
+impl Rules {
+    fn policies(&self) -> Vec<&Policy> {
+        let mut all = vec![&self.per_ip, &self.per_user, &self.per_pair];
+        all.extend(self.strikes.as_ref());
+        all.extend(self.levels.as_ref());
+        all.extend([&self.lock, &self.known]);
+        all
+    }
+}
+
+impl LoginConfig {
+    /// The policies a guard named `name` decides with (for a store's per-policy settings),
+    /// or why no guard can be built from this config: what [`LoginGuard::new`] checks,
+    /// without a store.
+    pub fn policies(&self, name: &str) -> Result<Vec<Policy>, Error> {
+        let rules = Rules::new(name, self.clone())?;
+        Ok(rules.policies().into_iter().cloned().collect())
+    }
+}
+
 /// What the guard's policy names add to the guard's name (`login:` + name + the longest).
 const NAME_OVERHEAD: usize = "login:".len() + ":strikes".len();
 
-impl<S: Store> LoginGuard<S> {
-    /// A guard named `name` (its policies are `login:{name}:ip`, `…:user`, `…:pair`,
-    /// `…:strikes`, `…:levels`, `…:lock` and `…:known`, so guards with different names
-    /// never share buckets), deciding with `limiter`. Fails with the setting that is wrong.
-    pub fn new(
-        limiter: Arc<RateLimiter<S>>,
-        name: &str,
-        config: LoginConfig,
-    ) -> Result<Self, Error> {
+impl Rules {
+    fn new(name: &str, config: LoginConfig) -> Result<Rules, Error> {
         if name.len() > MAX_NAME_LEN - NAME_OVERHEAD {
             return Err(Error::InvalidPolicy {
                 name: name.to_owned(),
@@ -297,7 +333,7 @@ impl<S: Store> LoginGuard<S> {
         if config.secret.as_ref().is_some_and(Vec::is_empty) {
             return Err(invalid("secret", "an empty secret protects nothing".into()));
         }
-        Ok(LoginGuard {
+        Ok(Rules {
             per_ip: policy("ip", config.per_ip)?,
             per_user: policy("user", config.per_user)?,
             per_pair: policy("pair", config.per_pair)?,
@@ -309,23 +345,34 @@ impl<S: Store> LoginGuard<S> {
             secret: config.secret,
             ipv6_prefix: config.ipv6_prefix.min(128),
             name: name.to_owned(),
+        })
+    }
+}
+
+impl<S: Store> LoginGuard<S> {
+    /// A guard named `name` (its policies are `login:{name}:ip`, `…:user`, `…:pair`,
+    /// `…:strikes`, `…:levels`, `…:lock` and `…:known`, so guards with different names
+    /// never share buckets), deciding with `limiter`. Fails with the setting that is wrong.
+    pub fn new(
+        limiter: Arc<RateLimiter<S>>,
+        name: &str,
+        config: LoginConfig,
+    ) -> Result<Self, Error> {
+        Ok(LoginGuard {
             limiter,
+            rules: Rules::new(name, config)?,
         })
     }
 
     /// The guard's name.
     pub fn name(&self) -> &str {
-        &self.name
+        &self.rules.name
     }
 
     /// Every policy the guard decides with, for a store's per-policy settings (a Redis
     /// store's `on_failure_for`, say).
     pub fn policies(&self) -> Vec<&Policy> {
-        let mut all = vec![&self.per_ip, &self.per_user, &self.per_pair];
-        all.extend(self.strikes.as_ref());
-        all.extend(self.levels.as_ref());
-        all.extend([&self.lock, &self.known]);
-        all
+        self.rules.policies()
     }
 
     /// Whether `username` may try a password from `ip` now; the device is the IP.
@@ -370,18 +417,21 @@ impl<S: Store> LoginGuard<S> {
     ) -> Result<LoginDecision, Error> {
         let keys = self.keys(username, ip, device);
         let limiter = &self.limiter;
-        let lock = limiter.peek(&self.lock, &keys.pair).await?;
+        let lock = limiter.peek(&self.rules.lock, &keys.pair).await?;
         if !lock.is_allowed() {
             return Ok(LoginDecision::Refused {
                 rule: LoginRule::Lockout,
                 retry_after: lock.retry_after(),
             });
         }
-        let known = !limiter.peek(&self.known, &keys.device).await?.is_allowed();
+        let known = !limiter
+            .peek(&self.rules.known, &keys.device)
+            .await?
+            .is_allowed();
         let checks = [
-            (LoginRule::Ip, &self.per_ip, &keys.ip),
-            (LoginRule::Pair, &self.per_pair, &keys.pair),
-            (LoginRule::Username, &self.per_user, &keys.user),
+            (LoginRule::Ip, &self.rules.per_ip, &keys.ip),
+            (LoginRule::Pair, &self.rules.per_pair, &keys.pair),
+            (LoginRule::Username, &self.rules.per_user, &keys.user),
         ];
         for (rule, policy, key) in checks {
             if rule == LoginRule::Username && known {
@@ -410,25 +460,25 @@ impl<S: Store> LoginGuard<S> {
         let limiter = &self.limiter;
         match outcome {
             Outcome::Success => {
-                for policy in [&self.per_pair, &self.lock]
+                for policy in [&self.rules.per_pair, &self.rules.lock]
                     .into_iter()
-                    .chain(self.strikes.as_ref())
-                    .chain(self.levels.as_ref())
+                    .chain(self.rules.strikes.as_ref())
+                    .chain(self.rules.levels.as_ref())
                 {
                     limiter.reset(policy, &keys.pair).await?;
                 }
                 // Known for exactly `known_device_for` from this success.
-                limiter.reset(&self.known, &keys.device).await?;
-                limiter.charge(&self.known, &keys.device, 1).await?;
+                limiter.reset(&self.rules.known, &keys.device).await?;
+                limiter.charge(&self.rules.known, &keys.device, 1).await?;
             }
             Outcome::Failure => {
-                if let Some(strikes) = &self.strikes {
+                if let Some(strikes) = &self.rules.strikes {
                     if limiter.check(strikes, &keys.pair).await?.is_allowed() {
                         return Ok(());
                     }
                     limiter.reset(strikes, &keys.pair).await?;
                 }
-                let length = self.lockouts[self.level(&keys.pair).await?];
+                let length = self.rules.lockouts[self.level(&keys.pair).await?];
                 self.lock(&keys.pair, length).await?;
             }
         }
@@ -444,10 +494,10 @@ impl<S: Store> LoginGuard<S> {
     /// reset, then a charge of `p`), refilling one token per `forget_after`: at the next
     /// lockout `capacity − remaining` is `p` less the whole periods passed since.
     async fn level(&self, pair: &str) -> Result<usize, Error> {
-        let Some(levels) = &self.levels else {
+        let Some(levels) = &self.rules.levels else {
             return Ok(0); // a single length: no ladder
         };
-        let capacity = self.lockouts.len() - 1;
+        let capacity = self.rules.lockouts.len() - 1;
         let remaining = self.limiter.peek(levels, pair).await?.remaining();
         let remaining = usize::try_from(remaining).unwrap_or(capacity);
         let level = capacity.saturating_sub(remaining);
@@ -463,18 +513,18 @@ impl<S: Store> LoginGuard<S> {
     /// charge may leave, since `length ≤ C`), so a one-token peek passes exactly `length`
     /// from now.
     async fn lock(&self, pair: &str, length: Duration) -> Result<(), Error> {
-        let capacity = self.lock.limits()[0].capacity();
+        let capacity = self.rules.lock.limits()[0].capacity();
         let millis = u32::try_from(length.as_millis()).unwrap_or(capacity);
-        self.limiter.reset(&self.lock, pair).await?;
+        self.limiter.reset(&self.rules.lock, pair).await?;
         self.limiter
-            .charge(&self.lock, pair, capacity + millis.min(capacity) - 1)
+            .charge(&self.rules.lock, pair, capacity + millis.min(capacity) - 1)
             .await?;
         Ok(())
     }
 
     fn keys(&self, username: &str, ip: IpAddr, device: Option<&str>) -> Keys {
         let user = normalize_username(username);
-        let ip = crate::ip::client_key(ip, self.ipv6_prefix);
+        let ip = crate::ip::client_key(ip, self.rules.ipv6_prefix);
         // Length-prefixed, so no username can make two pairs collide.
         let pair = format!("{}:{user}|{ip}", user.len());
         let device = match device {
@@ -491,7 +541,7 @@ impl<S: Store> LoginGuard<S> {
 
     /// `key` as the store sees it: itself, or with a secret its HMAC (128 bits, hex).
     fn hide(&self, role: &str, key: String) -> String {
-        let Some(secret) = &self.secret else {
+        let Some(secret) = &self.rules.secret else {
             return key;
         };
         let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret) else {
@@ -512,12 +562,12 @@ impl<S: Store> LoginGuard<S> {
 impl<S: Store> std::fmt::Debug for LoginGuard<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LoginGuard")
-            .field("name", &self.name)
-            .field("per_ip", &self.per_ip)
-            .field("per_user", &self.per_user)
-            .field("per_pair", &self.per_pair)
-            .field("lockouts", &self.lockouts)
-            .field("secret", &self.secret.as_ref().map(|_| "…"))
+            .field("name", &self.rules.name)
+            .field("per_ip", &self.rules.per_ip)
+            .field("per_user", &self.rules.per_user)
+            .field("per_pair", &self.rules.per_pair)
+            .field("lockouts", &self.rules.lockouts)
+            .field("secret", &self.rules.secret.as_ref().map(|_| "<redacted>"))
             .finish_non_exhaustive()
     }
 }
@@ -622,6 +672,8 @@ mod tests {
             assert!(!key.contains("alice") && !key.contains("192"), "{key}");
         }
         assert_ne!(hidden.user, hidden.ip);
+        let debug = format!("{config:?}");
+        assert!(debug.contains("secret: Some(\"<redacted>\")"), "{debug}");
         // Every node with the secret computes the same keys; another secret does not.
         assert_eq!(
             guard(config.clone()).unwrap().keys("alice ", ip, None).user,

@@ -12,8 +12,9 @@ use serde::Deserialize;
 use super::envoy::{self, LoadOptions};
 use super::toml_location::bare_or_quoted;
 use super::{
-    ConfigError, PolicyConfig, RESERVED_PREFIX, SERVER_DEFAULT_MAX_KEYS,
-    SERVER_DEFAULT_STORE_TIMEOUT, Secret, ServerConfig, StoreConfig, StoreUrl, redact_url,
+    ConfigError, LOGIN_PREFIX, LoginGuardConfig, PolicyConfig, RESERVED_PREFIX,
+    SERVER_DEFAULT_MAX_KEYS, SERVER_DEFAULT_STORE_TIMEOUT, Secret, ServerConfig, StoreConfig,
+    StoreUrl, redact_url,
 };
 use crate::files;
 use crate::listener::{DEFAULT_SHUTDOWN_GRACE, GrpcLimits, HttpLimits};
@@ -29,6 +30,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) policies: BTreeMap<String, toml::Value>,
     pub(super) envoy: Option<RawEnvoy>,
+    #[serde(default)]
+    pub(super) login: BTreeMap<String, toml::Value>,
 }
 
 #[derive(Deserialize, Default)]
@@ -69,6 +72,21 @@ struct RawPolicy {
     #[serde(default)]
     shadow: bool,
     lease: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLogin {
+    per_ip: Option<String>,
+    per_user: Option<String>,
+    per_pair: Option<String>,
+    strikes: Option<i64>,
+    strike_window: Option<String>,
+    lockouts: Option<Vec<String>>,
+    forget_after: Option<String>,
+    known_device_for: Option<String>,
+    secret: Option<String>,
+    on_error: Option<RawOnError>,
 }
 
 #[derive(Deserialize)]
@@ -354,6 +372,12 @@ pub(super) fn policies_section(
                 format!("names starting with '{RESERVED_PREFIX}' are reserved for Envoy rules"),
             ));
         }
+        if name.starts_with(LOGIN_PREFIX) {
+            return Err(err(
+                &key,
+                format!("names starting with '{LOGIN_PREFIX}' are reserved for [login] guards"),
+            ));
+        }
         let (limits, on_error, shadow, lease) = match value {
             toml::Value::String(limits) => (limits, None, false, None),
             toml::Value::Table(table) => {
@@ -408,6 +432,129 @@ pub(super) fn policies_section(
         );
     }
     Ok(policies)
+}
+
+/// `[login]`: named login guards, each a table whose keys all have defaults (`web = {}`).
+/// Guard names share the namespace of `[policies]`.
+pub(super) fn login_section(
+    raw: BTreeMap<String, toml::Value>,
+    file: &Path,
+    local_share: Option<f64>,
+    policies: &BTreeMap<String, PolicyConfig>,
+) -> Result<BTreeMap<String, LoginGuardConfig>, ConfigError> {
+    use floodgate::login::LoginConfig;
+    let err = |key: &str, reason: String| ConfigError::new(file, key, reason);
+    let mut guards = BTreeMap::new();
+    for (name, value) in raw {
+        let key = format!("login.{}", bare_or_quoted(&name));
+        if policies.contains_key(&name) {
+            return Err(err(
+                &key,
+                format!(
+                    "a policy is named '{}' too: guard names share the namespace of [policies]",
+                    name.escape_debug()
+                ),
+            ));
+        }
+        let toml::Value::Table(table) = value else {
+            return Err(err(
+                &key,
+                format!(
+                    "expected a table of settings (`{} = {{}}` takes every default), got a {}",
+                    bare_or_quoted(&name),
+                    value.type_str()
+                ),
+            ));
+        };
+        let raw: RawLogin = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| err(&key, e.message().to_owned()))?;
+        let at = |field: &str| format!("{key}.{field}");
+        let mut config = LoginConfig::default();
+        let limits = |field: &str, text: Option<String>, default: &mut Vec<floodgate::Limit>| {
+            if let Some(text) = text {
+                // Parsed as a policy is: the same notation and checks.
+                let policy =
+                    Policy::parse("login", &text).map_err(|e| err(&at(field), e.to_string()))?;
+                *default = policy.limits().to_vec();
+            }
+            Ok::<(), ConfigError>(())
+        };
+        limits("per_ip", raw.per_ip, &mut config.per_ip)?;
+        limits("per_user", raw.per_user, &mut config.per_user)?;
+        limits("per_pair", raw.per_pair, &mut config.per_pair)?;
+        let year = Duration::from_secs(365 * 86_400);
+        let duration =
+            |field: &str, text: Option<String>, default: Duration, max: Duration| match text {
+                None => Ok(default),
+                Some(text) => parse_duration(&text, max).map_err(|reason| err(&at(field), reason)),
+            };
+        if let Some(strikes) = raw.strikes {
+            config.strikes = match u32::try_from(strikes) {
+                Ok(n @ 1..=1_000) => n,
+                _ => {
+                    return Err(err(
+                        &at("strikes"),
+                        format!("must be from 1 to 1000, got {strikes}"),
+                    ));
+                }
+            };
+        }
+        config.strike_window = duration(
+            "strike_window",
+            raw.strike_window,
+            config.strike_window,
+            year,
+        )?;
+        if let Some(lockouts) = raw.lockouts {
+            config.lockouts = lockouts
+                .iter()
+                .map(|text| {
+                    parse_duration(text, floodgate::login::MAX_LOCKOUT)
+                        .map_err(|reason| err(&at("lockouts"), reason))
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        config.forget_after =
+            duration("forget_after", raw.forget_after, config.forget_after, year)?;
+        config.known_device_for = duration(
+            "known_device_for",
+            raw.known_device_for,
+            config.known_device_for,
+            10 * year,
+        )?;
+        if let Some(secret) = raw.secret {
+            if secret.len() < 16 {
+                return Err(err(
+                    &at("secret"),
+                    format!(
+                        "must be at least 16 bytes (a random string shared by every node), got {}",
+                        secret.len()
+                    ),
+                ));
+            }
+            config.secret = Some(secret.into_bytes());
+        }
+        let on_error = match raw.on_error {
+            None => FailurePolicy::Deny,
+            Some(raw) => {
+                failure_policy(raw, local_share).map_err(|reason| err(&at("on_error"), reason))?
+            }
+        };
+        // Every other check the guard makes (names, zero lengths, whole milliseconds).
+        let policies = config
+            .policies(&name)
+            .map_err(|e| err(&key, e.to_string()))?;
+        guards.insert(
+            name,
+            LoginGuardConfig {
+                config,
+                on_error,
+                policies,
+            },
+        );
+    }
+    Ok(guards)
 }
 
 /// `[envoy]`: the domains loaded from `config_dir` (resolved against `dir`), the directory,

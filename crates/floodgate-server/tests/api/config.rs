@@ -66,6 +66,46 @@ const BAD: &[(&str, &str)] = &[
         "bad/local_without_share.toml: store.local_share: required when on_error is \"local\" (the fraction of each limit one node may use, e.g. 0.25 for 4 nodes)",
     ),
     (
+        "login_bad_lockout.toml",
+        "bad/login_bad_lockout.toml: login.web.lockouts: 'soon' is not a duration such as \"50ms\": expected number at 0",
+    ),
+    (
+        "login_bad_rate.toml",
+        "bad/login_bad_rate.toml: login.web.per_ip: rate \"30/fortnight\": unknown unit \"fortnight\" at position 3",
+    ),
+    (
+        "login_local_without_share.toml",
+        "bad/login_local_without_share.toml: login.web.on_error: required when on_error is \"local\" (the fraction of each limit one node may use, e.g. 0.25 for 4 nodes)",
+    ),
+    (
+        "login_long_lockout.toml",
+        "bad/login_long_lockout.toml: login.web.lockouts: must be above 0 and at most 24days, got '30d'",
+    ),
+    (
+        "login_not_a_table.toml",
+        "bad/login_not_a_table.toml: login.web: expected a table of settings (`web = {}` takes every default), got a string",
+    ),
+    (
+        "login_reserved_policy_name.toml",
+        "bad/login_reserved_policy_name.toml: policies.\"login:web:ip\": names starting with 'login:' are reserved for [login] guards",
+    ),
+    (
+        "login_shares_a_policy_name.toml",
+        "bad/login_shares_a_policy_name.toml: login.web: a policy is named 'web' too: guard names share the namespace of [policies]",
+    ),
+    (
+        "login_short_secret.toml",
+        "bad/login_short_secret.toml: login.web.secret: must be at least 16 bytes (a random string shared by every node), got 3",
+    ),
+    (
+        "login_unknown_key.toml",
+        "bad/login_unknown_key.toml: login.web: unknown field `per_username`, expected one of `per_ip`, `per_user`, `per_pair`, `strikes`, `strike_window`, `lockouts`, `forget_after`, `known_device_for`, `secret`, `on_error`",
+    ),
+    (
+        "login_zero_strikes.toml",
+        "bad/login_zero_strikes.toml: login.web.strikes: must be from 1 to 1000, got 0",
+    ),
+    (
         "long_shutdown_grace.toml",
         "bad/long_shutdown_grace.toml: server.shutdown_grace: must be at most 1h, got '2h'",
     ),
@@ -83,7 +123,7 @@ const BAD: &[(&str, &str)] = &[
     ),
     (
         "nothing_to_serve.toml",
-        "bad/nothing_to_serve.toml: policies: no policies and no Envoy domains: nothing to serve",
+        "bad/nothing_to_serve.toml: policies: no policies, no login guards and no Envoy domains: nothing to serve",
     ),
     (
         "policy_local_without_share.toml",
@@ -139,7 +179,7 @@ const BAD: &[(&str, &str)] = &[
     ),
     (
         "unknown_section.toml",
-        "bad/unknown_section.toml: serverr: line 1: unknown field `serverr`, expected one of `server`, `store`, `policies`, `envoy`",
+        "bad/unknown_section.toml: serverr: line 1: unknown field `serverr`, expected one of `server`, `store`, `policies`, `envoy`, `login`",
     ),
     (
         "zero_burst.toml",
@@ -222,12 +262,15 @@ fn check_config_prints_the_resolved_config_with_secrets_redacted() {
     assert_eq!(output.status.code(), Some(0), "{output:?}");
     assert!(!stdout.contains("hunter2"), "{stdout}");
     assert!(!stdout.contains("do-not-print-me"), "{stdout}");
+    assert!(!stdout.contains("login-secret-do-not-print"), "{stdout}");
     for line in [
         "server.admin_token: set (redacted)",
         "store: redis://app:***@127.0.0.1:6379 (timeout 50ms, on_error allow, local_share 0.25, batching on)",
         "policy free: 5/s burst 10; 1000/d",
         "policy login: 5/m; 20/d (on_error deny)",
         "policy search: 10/s (on_error local) (shadow)",
+        "login web: per_ip 30/m, per_user 10/m; 100/d, per_pair 5/m, 3 strikes in 15m lock for 1m, 5m, 15m (one level forgotten per 1h), known devices for 30days, secret not set, on_error deny",
+        "login api: per_ip 100/m, per_user 20/m; 200/d, per_pair 10/m, 5 strikes in 10m lock for 30s, 2m, 10m, 1h (one level forgotten per 2h), known devices for 14days, secret set (redacted), on_error local",
         "envoy domain test-domain: 10 rate limits (from ../envoy/valid/basic_config.yaml)",
         "envoy domain burst-domain: 1 rate limit (from ../envoy/valid/burst.yaml)",
         "ok",
@@ -241,6 +284,7 @@ fn check_config_prints_the_resolved_config_with_secrets_redacted() {
     let config = Config::load(&config_dir().join("good.toml")).unwrap();
     let debug = format!("{config:?}");
     assert!(!debug.contains("hunter2") && !debug.contains("do-not-print-me"));
+    assert!(!debug.contains("login-secret-do-not-print"), "{debug}");
 }
 
 #[test]

@@ -10,4 +10,5 @@ mod common;
 mod config;
 mod envoy;
 mod http_api;
+mod login;
 mod parsers;

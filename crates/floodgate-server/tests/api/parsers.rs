@@ -136,4 +136,24 @@ proptest! {
             prop_assert!(!reset.key.is_empty() && reset.key.len() <= MAX_KEY);
         }
     }
+
+    #[test]
+    fn any_login_body_is_parsed_or_refused(
+        body in prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..300),
+            (
+                prop_oneof![Just("\"alice\"".to_owned()), "\\PC{0,1100}".prop_map(|s| format!("{s:?}")), Just("7".to_owned())],
+                prop_oneof![Just("\"192.0.2.1\"".to_owned()), Just("\"::ffff:10.0.0.1\"".to_owned()), "\\PC{0,40}".prop_map(|s| format!("{s:?}"))],
+                prop_oneof![Just(String::new()), "\\PC{0,8}".prop_map(|s| format!(",\"device\":{s:?}")), Just(",\"success\":true".to_owned()), Just(",\"success\":1".to_owned())],
+            ).prop_map(|(u, ip, extra)| format!("{{\"guard\":\"web\",\"username\":{u},\"ip\":{ip}{extra}}}").into_bytes()),
+        ]
+    ) {
+        for result in [false, true] {
+            if let Ok(login) = request::login(&body, result) {
+                prop_assert!(!login.username.trim().is_empty() && login.username.len() <= MAX_KEY);
+                prop_assert!(login.device.as_ref().is_none_or(|d| !d.is_empty() && d.len() <= MAX_KEY));
+                prop_assert_eq!(login.success.is_some(), result);
+            }
+        }
+    }
 }
