@@ -141,8 +141,8 @@ const LISTENERS: [Listener; 2] = [Listener::Http, Listener::Grpc];
 /// All of one server's metrics.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    policies: Mutex<HashMap<String, Arc<PolicyCounters>>>,
-    logins: Mutex<HashMap<String, Arc<LoginCounters>>>,
+    policies: ByName<PolicyCounters>,
+    logins: ByName<LoginCounters>,
     latency: [AtomicU64; BUCKETS.len() + 1],
     latency_sum_ns: AtomicU64,
     store_errors: AtomicU64,
@@ -158,39 +158,23 @@ pub struct Metrics {
 impl Metrics {
     /// The counters of `policy`, created on first use and kept across reloads.
     pub fn policy(&self, policy: &str) -> Arc<PolicyCounters> {
-        let mut map = self
-            .policies
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.entry(policy.to_owned()).or_default().clone()
+        entry(&self.policies, policy)
     }
 
     /// Keeps the counters of the policies in `live` and drops every other series (called at
     /// reload, so removed policies leave `/metrics`).
     pub fn retain_policies(&self, live: &std::collections::HashSet<&str>) {
-        let mut map = self
-            .policies
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.retain(|name, _| live.contains(name.as_str()));
+        retain(&self.policies, live);
     }
 
     /// The counters of login guard `guard`, created on first use and kept across reloads.
     pub fn login(&self, guard: &str) -> Arc<LoginCounters> {
-        let mut map = self
-            .logins
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.entry(guard.to_owned()).or_default().clone()
+        entry(&self.logins, guard)
     }
 
     /// Keeps the counters of the guards in `live` (called at reload).
     pub fn retain_logins(&self, live: &std::collections::HashSet<&str>) {
-        let mut map = self
-            .logins
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        map.retain(|name, _| live.contains(name.as_str()));
+        retain(&self.logins, live);
     }
 
     /// Counts a connection the server closed.
@@ -261,15 +245,7 @@ impl Metrics {
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        let policies: Vec<(String, Arc<PolicyCounters>)> = {
-            let map = self
-                .policies
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let mut all: Vec<_> = map.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-            all.sort_by(|a, b| a.0.cmp(&b.0));
-            all
-        };
+        let policies = sorted(&self.policies);
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
 
         let family =
@@ -436,15 +412,7 @@ impl Metrics {
 impl Metrics {
     /// The login guards' families (absent when no guard is configured).
     fn render_logins(&self, out: &mut String) {
-        let guards: Vec<(String, Arc<LoginCounters>)> = {
-            let map = self
-                .logins
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let mut all: Vec<_> = map.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-            all.sort_by(|a, b| a.0.cmp(&b.0));
-            all
-        };
+        let guards = sorted(&self.logins);
         if guards.is_empty() {
             return;
         }
@@ -493,6 +461,34 @@ impl Metrics {
             );
         }
     }
+}
+
+/// Counters by name (of a policy or a guard), shared by every server task.
+type ByName<T> = Mutex<HashMap<String, Arc<T>>>;
+
+fn lock<T>(map: &ByName<T>) -> std::sync::MutexGuard<'_, HashMap<String, Arc<T>>> {
+    map.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The counters of `name`, created on first use.
+fn entry<T: Default>(map: &ByName<T>, name: &str) -> Arc<T> {
+    lock(map).entry(name.to_owned()).or_default().clone()
+}
+
+/// Drops the counters of every name not in `live`.
+fn retain<T>(map: &ByName<T>, live: &std::collections::HashSet<&str>) {
+    lock(map).retain(|name, _| live.contains(name.as_str()));
+}
+
+/// A snapshot of every counter, by name.
+fn sorted<T>(map: &ByName<T>) -> Vec<(String, Arc<T>)> {
+    let mut all: Vec<_> = lock(map)
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    all
 }
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {

@@ -3,8 +3,7 @@
 
 use crate::common;
 
-use common::{Reply, TempDir, get, post, request};
-use floodgate_server::{Options, Running, start};
+use common::{TempDir, assert_problem, get, post, request, server_with};
 use floodgate_testkit::redis_server::RedisServer;
 
 const CONFIG: &str = r#"
@@ -16,29 +15,6 @@ tight = "1/hour burst 3"
 multi = "1/hour burst 2; 100/day"
 shadowed = { limits = "1/hour", shadow = true }
 "#;
-
-async fn server_with(dir: &TempDir, config: &str) -> Running {
-    let path = dir.write("floodgate.toml", config);
-    start(Options::file_on_free_ports(path))
-        .await
-        .expect("server starts")
-}
-
-fn assert_problem(reply: &Reply, status: u16, detail_part: &str) {
-    assert_eq!(reply.status, status, "{reply:?}");
-    assert_eq!(
-        reply.header("content-type"),
-        Some("application/problem+json"),
-        "{reply:?}"
-    );
-    let body = reply.json();
-    assert_eq!(body["status"], status, "{reply:?}");
-    let detail = body["detail"].as_str().unwrap_or_default();
-    assert!(
-        detail.contains(detail_part),
-        "detail {detail:?} should contain {detail_part:?}"
-    );
-}
 
 /// Allowed, allowed, allowed, denied on a 1/hour burst 3 bucket; the state and the IETF
 /// fields after each.
@@ -343,7 +319,7 @@ async fn every_bad_request_gets_its_status_and_a_problem_body() {
     assert_problem(
         &get(addr, "/v1/check").await,
         405,
-        "/v1/check, /v1/peek and /v1/reset take POST",
+        "/v1/check, /v1/peek, /v1/reset, /v1/login/attempt and /v1/login/result take POST",
     );
     assert_problem(&post(addr, "/metrics", "").await, 405, "take GET");
     server.shutdown().await;

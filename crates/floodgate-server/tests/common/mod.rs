@@ -250,3 +250,30 @@ pub fn wait_exit_within(child: &mut Child, limit: Duration) -> Option<Option<i32
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A server started in-process on free ports from `config`, written to `floodgate.toml` in
+/// `dir`.
+pub async fn server_with(dir: &TempDir, config: &str) -> floodgate_server::Running {
+    let path = dir.write("floodgate.toml", config);
+    floodgate_server::start(floodgate_server::Options::file_on_free_ports(path))
+        .await
+        .expect("server starts")
+}
+
+/// Asserts `reply` is an `application/problem+json` with `status` whose detail contains
+/// `detail_part`.
+pub fn assert_problem(reply: &Reply, status: u16, detail_part: &str) {
+    assert_eq!(reply.status, status, "{reply:?}");
+    assert_eq!(
+        reply.header("content-type"),
+        Some("application/problem+json"),
+        "{reply:?}"
+    );
+    let body = reply.json();
+    assert_eq!(body["status"], status, "{reply:?}");
+    let detail = body["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.contains(detail_part),
+        "detail {detail:?} should contain {detail_part:?}"
+    );
+}
