@@ -1,6 +1,6 @@
-//! The HTTP JSON API: `/v1/check`, `/v1/peek`, `/v1/reset`, `/v1/policies`, the login
-//! guards' `/v1/login/attempt` and `/v1/login/result` (in [`login`]), health and metrics.
-//! Errors are `application/problem+json`.
+//! The HTTP JSON API: `/v1/check`, `/v1/peek`, `/v1/charge`, `/v1/reset`, `/v1/policies`,
+//! the login guards' `/v1/login/attempt` and `/v1/login/result` (in [`login`]), health and
+//! metrics. Errors are `application/problem+json`.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -28,6 +28,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/check", post(check))
         .route("/v1/peek", post(peek))
+        .route("/v1/charge", post(charge))
         .route("/v1/reset", post(reset))
         .route("/v1/policies", get(policies))
         .route("/v1/login/attempt", post(login::attempt))
@@ -275,6 +276,10 @@ async fn peek(State(shared): State<Arc<Shared>>, request: axum::extract::Request
     decide(&shared, request, Endpoint::Peek).await
 }
 
+async fn charge(State(shared): State<Arc<Shared>>, request: axum::extract::Request) -> Response {
+    decide(&shared, request, Endpoint::Charge).await
+}
+
 /// What a decide request does.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Endpoint {
@@ -282,6 +287,9 @@ enum Endpoint {
     Check,
     /// Report the state, consuming nothing (`/v1/peek`).
     Peek,
+    /// Consume without checking, for usage known afterwards (`/v1/charge`): any cost is
+    /// charged, the debt capped at one burst below empty.
+    Charge,
 }
 
 async fn decide(shared: &Shared, request: axum::extract::Request, op: Endpoint) -> Response {
@@ -311,6 +319,12 @@ async fn decide(shared: &Shared, request: axum::extract::Request, op: Endpoint) 
             Ok(()) => current.limiter.peek(&served.policy, &request.key).await,
             Err(e) => Err(e),
         },
+        Endpoint::Charge => {
+            current
+                .limiter
+                .charge(&served.policy, &request.key, cost)
+                .await
+        }
     };
     shared.metrics.store_latency(Duration::from_nanos(
         clock.now_nanos().saturating_sub(started),
@@ -319,6 +333,9 @@ async fn decide(shared: &Shared, request: axum::extract::Request, op: Endpoint) 
         Ok(decision) => decision,
         Err(e) => return store_failure(shared, &e),
     };
+    if op == Endpoint::Charge {
+        served.counters.record_charge(&decision);
+    }
     if op == Endpoint::Check {
         served.counters.record(&decision, served.shadow);
         // Escaped: a key with a newline or terminal codes cannot forge log lines.
@@ -331,7 +348,8 @@ async fn decide(shared: &Shared, request: axum::extract::Request, op: Endpoint) 
         );
     }
     let allowed = match op {
-        Endpoint::Check => decision.is_allowed(),
+        // After a charge: whether it fit without debt.
+        Endpoint::Check | Endpoint::Charge => decision.is_allowed(),
         // Would `cost` pass now?
         Endpoint::Peek => decision.is_allowed() && decision.remaining() >= u64::from(cost),
     };
@@ -493,7 +511,7 @@ fn lease_metrics(served: &Served, out: &mut String) {
 async fn method_not_allowed() -> Response {
     problem(
         StatusCode::METHOD_NOT_ALLOWED,
-        "this endpoint does not take this method: /v1/check, /v1/peek, /v1/reset, \
+        "this endpoint does not take this method: /v1/check, /v1/peek, /v1/charge, /v1/reset, \
          /v1/login/attempt and /v1/login/result take POST; /v1/policies, /healthz, /readyz and \
          /metrics take GET",
     )

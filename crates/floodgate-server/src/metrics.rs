@@ -16,6 +16,7 @@ pub struct PolicyCounters {
     allowed: AtomicU64,
     denied: AtomicU64,
     shadow_denied: AtomicU64,
+    charged: AtomicU64,
     fail_open: AtomicU64,
     fail_closed: AtomicU64,
     local: AtomicU64,
@@ -31,6 +32,17 @@ impl PolicyCounters {
             (false, true) => &self.shadow_denied,
         };
         outcome.fetch_add(1, Ordering::Relaxed);
+        self.record_source(decision);
+    }
+
+    /// Counts one charge (`POST /v1/charge`): usage reported after the fact, neither allowed
+    /// nor denied.
+    pub fn record_charge(&self, decision: &Decision) {
+        self.charged.fetch_add(1, Ordering::Relaxed);
+        self.record_source(decision);
+    }
+
+    fn record_source(&self, decision: &Decision) {
         let source = match decision.source() {
             DecisionSource::FailOpen => &self.fail_open,
             DecisionSource::FailClosed => &self.fail_closed,
@@ -253,7 +265,7 @@ impl Metrics {
              name: &str,
              help: &str,
              label: &str,
-             counters: &dyn Fn(&PolicyCounters) -> [(&'static str, u64); 3]| {
+             counters: &dyn Fn(&PolicyCounters) -> Vec<(&'static str, u64)>| {
                 header(out, name, "counter", help);
                 for (policy, c) in &policies {
                     for (value, count) in counters(c) {
@@ -267,13 +279,14 @@ impl Metrics {
         family(
             &mut out,
             "floodgate_decisions_total",
-            "Decisions by policy and outcome (shadow_denied: denied by a policy in shadow mode, answered allowed).",
+            "Decisions by policy and outcome (shadow_denied: denied by a policy in shadow mode, answered allowed; charged: usage charged by POST /v1/charge).",
             "outcome",
             &|c| {
-                [
+                vec![
                     ("allowed", load(&c.allowed)),
                     ("denied", load(&c.denied)),
                     ("shadow_denied", load(&c.shadow_denied)),
+                    ("charged", load(&c.charged)),
                 ]
             },
         );
@@ -283,7 +296,7 @@ impl Metrics {
             "Decisions made without the store, by policy and failure mode.",
             "mode",
             &|c| {
-                [
+                vec![
                     ("fail_open", load(&c.fail_open)),
                     ("fail_closed", load(&c.fail_closed)),
                     ("local", load(&c.local)),

@@ -319,7 +319,7 @@ async fn every_bad_request_gets_its_status_and_a_problem_body() {
     assert_problem(
         &get(addr, "/v1/check").await,
         405,
-        "/v1/check, /v1/peek, /v1/reset, /v1/login/attempt and /v1/login/result take POST",
+        "/v1/check, /v1/peek, /v1/charge, /v1/reset, /v1/login/attempt and /v1/login/result take POST",
     );
     assert_problem(&post(addr, "/metrics", "").await, 405, "take GET");
     server.shutdown().await;
@@ -522,4 +522,74 @@ plain = "1/h burst 400"
         .await
         .json();
     assert_eq!(peek["remaining"], 400 - 1 - count("leased"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn charge_consumes_without_checking_and_caps_the_debt() {
+    let dir = TempDir::new("charge");
+    let server = server_with(&dir, CONFIG).await;
+    let addr = server.http_addr();
+    let charge = |body: &'static str| post(addr, "/v1/charge", body);
+    let json = charge(r#"{"policy":"tight","key":"u","cost":2}"#)
+        .await
+        .json();
+    assert_eq!(
+        (json["allowed"].clone(), json["remaining"].clone()),
+        (true.into(), 1.into()),
+        "{json}"
+    );
+    // Above the burst is charged, not refused: 1 + 5 tokens of debt, capped at one burst (3)
+    // below empty, so a one-token request waits 3 + 3 − 2 = 4 hours.
+    let reply = charge(r#"{"policy":"tight","key":"u","cost":5}"#).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let json = reply.json();
+    assert_eq!(json["allowed"], false, "{json}");
+    let wait = json["retry_after_ms"].as_u64().unwrap();
+    assert!((14_399_000..=14_400_000).contains(&wait), "{json}");
+    assert!(reply.header("ratelimit").is_some());
+    let json = post(addr, "/v1/check", r#"{"policy":"tight","key":"u"}"#)
+        .await
+        .json();
+    assert_eq!(json["allowed"], false, "the debt delays checks: {json}");
+    // Cost defaults to 1; a shadow policy is charged and answers as /v1/check does.
+    let json = charge(r#"{"policy":"shadowed","key":"s"}"#).await.json();
+    assert_eq!(
+        (json["allowed"].clone(), json["would_allow"].clone()),
+        (true.into(), true.into())
+    );
+    let json = charge(r#"{"policy":"shadowed","key":"s"}"#).await.json();
+    assert_eq!(json["allowed"], true, "{json}");
+    assert_eq!(
+        (json["shadow"].clone(), json["would_allow"].clone()),
+        (true.into(), false.into())
+    );
+    // Bad input as for /v1/check.
+    assert_problem(
+        &charge(r#"{"policy":"tight","key":"u","cost":0}"#).await,
+        400,
+        "cost must be an integer from 1",
+    );
+    assert_problem(
+        &charge(r#"{"policy":"nope","key":"u"}"#).await,
+        404,
+        "no policy named 'nope'",
+    );
+    assert_problem(
+        &charge(r#"{"policy":"tight"}"#).await,
+        400,
+        "missing field `key`",
+    );
+    let metrics = get(addr, "/metrics").await.body;
+    for line in [
+        "floodgate_decisions_total{policy=\"tight\",outcome=\"charged\"} 2",
+        "floodgate_decisions_total{policy=\"tight\",outcome=\"denied\"} 1",
+        "floodgate_decisions_total{policy=\"shadowed\",outcome=\"charged\"} 2",
+        "floodgate_decisions_total{policy=\"shadowed\",outcome=\"shadow_denied\"} 0",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "missing {line} in\n{metrics}"
+        );
+    }
+    server.shutdown().await;
 }
