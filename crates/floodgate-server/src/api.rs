@@ -18,6 +18,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use crate::request;
 use crate::state::{AnyStore, Served, ServedPolicy, Shared};
 
+mod effective;
 mod login;
 
 /// The largest request body accepted.
@@ -31,6 +32,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/charge", post(charge))
         .route("/v1/reset", post(reset))
         .route("/v1/policies", get(policies))
+        .route("/v1/config", get(effective::config))
         .route("/v1/login/attempt", post(login::attempt))
         .route("/v1/login/result", post(login::result))
         .route("/healthz", get(healthz))
@@ -360,24 +362,8 @@ async fn reset(State(shared): State<Arc<Shared>>, request: axum::extract::Reques
     let (parts, body) = request.into_parts();
     let headers = &parts.headers;
     let current = shared.served.load();
-    if let Some(token) = &current.config.server.admin_token {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(bearer_token)
-            .unwrap_or("");
-        if !constant_time_eq(given.as_bytes(), token.expose().as_bytes()) {
-            shared.metrics.bad_request();
-            let mut response = problem(
-                StatusCode::UNAUTHORIZED,
-                "POST /v1/reset needs the admin token: Authorization: Bearer <token>",
-            );
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"floodgate\""),
-            );
-            return response;
-        }
+    if let Err(response) = authorize(&shared, &current, headers, "POST /v1/reset") {
+        return response;
     }
     let body = match read_body(
         &shared,
@@ -408,6 +394,37 @@ async fn reset(State(shared): State<Arc<Shared>>, request: axum::extract::Reques
         }
         Err(e) => store_failure(&shared, &e),
     }
+}
+
+/// Checks the admin token, when one is set; the error is the `401` to send for `what`.
+#[allow(clippy::result_large_err)] // the error is the response itself, sent right away
+pub(crate) fn authorize(
+    shared: &Shared,
+    current: &Served,
+    headers: &HeaderMap,
+    what: &str,
+) -> Result<(), Response> {
+    let Some(token) = &current.config.server.admin_token else {
+        return Ok(());
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer_token)
+        .unwrap_or("");
+    if constant_time_eq(given.as_bytes(), token.expose().as_bytes()) {
+        return Ok(());
+    }
+    shared.metrics.bad_request();
+    let mut response = problem(
+        StatusCode::UNAUTHORIZED,
+        &format!("{what} needs the admin token: Authorization: Bearer <token>"),
+    );
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"floodgate\""),
+    );
+    Err(response)
 }
 
 /// The token of an `Authorization: Bearer <token>` value; the scheme is case-insensitive
@@ -461,7 +478,9 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     let mut text = shared.metrics.render();
-    lease_metrics(&shared.served.load(), &mut text);
+    let current = shared.served.load();
+    lease_metrics(&current, &mut text);
+    effective::limit_gauges(&current, &mut text);
     (
         [(
             header::CONTENT_TYPE,
@@ -512,8 +531,8 @@ async fn method_not_allowed() -> Response {
     problem(
         StatusCode::METHOD_NOT_ALLOWED,
         "this endpoint does not take this method: /v1/check, /v1/peek, /v1/charge, /v1/reset, \
-         /v1/login/attempt and /v1/login/result take POST; /v1/policies, /healthz, /readyz and \
-         /metrics take GET",
+         /v1/login/attempt and /v1/login/result take POST; /v1/policies, /v1/config, /healthz, \
+         /readyz and /metrics take GET",
     )
 }
 

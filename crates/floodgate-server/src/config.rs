@@ -101,7 +101,7 @@ impl fmt::Debug for Secret {
 }
 
 /// The `on_error` value naming a failure policy, as the config file spells it.
-fn on_error_name(policy: FailurePolicy) -> &'static str {
+pub(crate) fn on_error_name(policy: FailurePolicy) -> &'static str {
     match policy {
         FailurePolicy::Allow => "allow",
         FailurePolicy::Deny => "deny",

@@ -81,6 +81,8 @@ fn override_rule(requests: u32, unit: i32) -> Result<Rule, Status> {
         requests_per_unit: requests,
         unit: Some(unit),
         shadow: false,
+        quota: false,
+        key: String::new(), // sent by the client, not loaded
     })
 }
 

@@ -87,6 +87,24 @@ pub struct Rule {
     pub unit: Option<Unit>,
     /// `shadow_mode`: count, but always answer OK.
     pub shadow: bool,
+    /// `quota_mode` as loaded (shown by `/v1/config`; not yet applied to the answer).
+    pub quota: bool,
+    /// The descriptor path that defines it, `domain.key_value.key…` (envoyproxy/ratelimit's
+    /// composite key).
+    pub key: String,
+}
+
+impl Unit {
+    /// The YAML spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            Unit::Second => "second",
+            Unit::Minute => "minute",
+            Unit::Hour => "hour",
+            Unit::Day => "day",
+            Unit::Week => "week",
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -227,7 +245,21 @@ impl Domains {
     }
     /// Every bucket policy of every domain (for metrics and reload bookkeeping).
     pub fn policies(&self) -> Vec<Policy> {
-        fn walk(level: &Level, out: &mut Vec<Policy>) {
+        self.by_name
+            .values()
+            .flat_map(|domain| domain.rules())
+            .filter_map(|rule| match &rule.action {
+                Action::Bucket(policy) => Some(policy.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+impl Domain {
+    /// Every rule of the domain, sorted by key.
+    pub fn rules(&self) -> Vec<Arc<Rule>> {
+        fn walk(level: &Level, out: &mut Vec<Arc<Rule>>) {
             let nodes = level
                 .exact
                 .values()
@@ -240,18 +272,13 @@ impl Domains {
                 )
                 .chain(level.any.values());
             for node in nodes {
-                if let Some(rule) = &node.rule
-                    && let Action::Bucket(policy) = &rule.action
-                {
-                    out.push(policy.clone());
-                }
+                out.extend(node.rule.clone());
                 walk(&node.children, out);
             }
         }
         let mut out = Vec::new();
-        for domain in self.by_name.values() {
-            walk(&domain.root, &mut out);
-        }
+        walk(&self.root, &mut out);
+        out.sort_by(|a, b| a.key.cmp(&b.key));
         out
     }
 }

@@ -97,6 +97,17 @@ pub(crate) struct Shared {
     versions: AtomicU64,
     /// The readiness probe's policy.
     pub(crate) probe: Policy,
+    /// When the served config was applied, and the last refused reload (`/v1/config`).
+    pub(crate) reloads: std::sync::Mutex<ReloadLog>,
+}
+
+/// When configurations were applied and refused.
+#[derive(Clone, Debug)]
+pub(crate) struct ReloadLog {
+    /// When the configuration being served was applied (at start or by a reload).
+    pub(crate) applied: std::time::SystemTime,
+    /// The last reload that was refused: when, and why.
+    pub(crate) failed: Option<(std::time::SystemTime, String)>,
 }
 
 impl Shared {
@@ -119,6 +130,10 @@ impl Shared {
             reload_lock: tokio::sync::Mutex::new(()),
             versions: AtomicU64::new(1),
             probe,
+            reloads: std::sync::Mutex::new(ReloadLog {
+                applied: std::time::SystemTime::now(),
+                failed: None,
+            }),
         }))
     }
 
@@ -127,12 +142,18 @@ impl Shared {
     pub(crate) async fn reload(&self) -> Result<u64, ConfigError> {
         let _one_at_a_time = self.reload_lock.lock().await;
         let result = self.try_reload().await;
+        let mut log = self
+            .reloads
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         match &result {
             Ok(version) => {
+                log.applied = std::time::SystemTime::now();
                 self.metrics.reload(Ok(*version));
                 tracing::info!(version, "configuration reloaded");
             }
             Err(e) => {
+                log.failed = Some((std::time::SystemTime::now(), e.to_string()));
                 self.metrics.reload(Err(()));
                 tracing::warn!(error = %e, "configuration reload failed; the previous configuration keeps serving");
             }

@@ -38,15 +38,15 @@ struct RawDescriptor {
     shadow_mode: bool,
     #[serde(default)]
     share_threshold: bool,
-    // Informational: accepted and ignored (metrics naming and quota hints).
+    // Informational: accepted and ignored (metrics naming).
     #[serde(default)]
     #[allow(dead_code)]
     detailed_metric: bool,
     #[serde(default)]
     #[allow(dead_code)]
     value_to_metric: bool,
+    /// Kept on the rule and shown by `/v1/config`; the answer does not apply it yet.
     #[serde(default)]
-    #[allow(dead_code)]
     quota_mode: bool,
     #[allow(dead_code)]
     metadata: Option<IgnoredAny>,
@@ -406,12 +406,11 @@ impl Builder<'_> {
     ) -> Result<Node, ConfigError> {
         let rule = match &raw.rate_limit {
             None => None,
-            Some(rate_limit) => Some(Arc::new(self.rule(
-                rate_limit,
-                raw.shadow_mode,
-                composite,
-                path,
-            )?)),
+            Some(rate_limit) => {
+                let mut rule = self.rule(rate_limit, raw.shadow_mode, composite, path)?;
+                rule.quota = raw.quota_mode;
+                Some(Arc::new(rule))
+            }
         };
         let mut children = Level::default();
         self.level(&mut children, &raw.descriptors, composite, path)?;
@@ -458,6 +457,8 @@ impl Builder<'_> {
                 requests_per_unit: raw.requests_per_unit.unwrap_or(0),
                 unit: None,
                 shadow,
+                quota: false,
+                key: composite.to_owned(),
             });
         }
         let unit_text = raw.unit.clone().unwrap_or_default();
@@ -488,6 +489,8 @@ impl Builder<'_> {
             requests_per_unit: requests,
             unit: Some(unit),
             shadow,
+            quota: false,
+            key: composite.to_owned(),
         })
     }
 }

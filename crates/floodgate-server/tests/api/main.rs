@@ -10,5 +10,6 @@ mod common;
 mod config;
 mod envoy;
 mod http_api;
+mod inspect;
 mod login;
 mod parsers;

@@ -1,0 +1,179 @@
+//! `GET /v1/config` (the effective configuration, behind the admin token, never a secret)
+//! and the per-limit gauges of `/metrics`, before and after a reload.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::common;
+
+use common::{TempDir, assert_problem, get, request, server_with};
+
+fn envoy_dir() -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/envoy/valid")
+        .display()
+        .to_string()
+}
+
+fn config(policies: &str) -> String {
+    format!(
+        "[server]\nadmin_token = \"admin-token-do-not-print\"\n\n[policies]\n{policies}\n\n[login]\nweb = {{ secret = \"login-secret-do-not-print\" }}\n\n[envoy]\nconfig_dir = {:?}\n",
+        envoy_dir()
+    )
+}
+
+async fn get_config(addr: std::net::SocketAddr) -> serde_json::Value {
+    let reply = request(
+        addr,
+        "GET",
+        "/v1/config",
+        &[("authorization", "Bearer admin-token-do-not-print")],
+        b"",
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    assert!(
+        !reply.body.contains("do-not-print"),
+        "no secret: {}",
+        reply.body
+    );
+    reply.json()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_effective_configuration_is_served_without_secrets() {
+    let dir = TempDir::new("inspect");
+    let server = server_with(
+        &dir,
+        &config("free = \"5/s burst 10; 1000/day\"\nstrict = { limits = \"1/m\", on_error = \"deny\", shadow = true }"),
+    )
+    .await;
+    let addr = server.http_addr();
+    // Behind the admin token.
+    assert_problem(
+        &get(addr, "/v1/config").await,
+        401,
+        "GET /v1/config needs the admin token",
+    );
+    let json = get_config(addr).await;
+    assert_eq!(json["version"], 1);
+    assert_eq!(json["admin_token"], true);
+    assert_eq!(json["last_failed_reload"], serde_json::Value::Null);
+    assert!(
+        json["applied_at"].as_str().unwrap().ends_with('Z'),
+        "{json}"
+    );
+    assert_eq!(json["store"]["url"], "memory://");
+    assert_eq!(
+        json["policies"][0],
+        serde_json::json!({
+            "name": "free",
+            "limits": [
+                { "limit": "5/s burst 10", "count": 5, "period_ms": 1000, "burst": 10 },
+                { "limit": "1000/d", "count": 1000, "period_ms": 86_400_000u64, "burst": 1000 },
+            ],
+            "on_error": "allow",
+            "shadow": false,
+            "lease_ms": null,
+        })
+    );
+    assert_eq!(json["policies"][1]["on_error"], "deny");
+    assert_eq!(json["policies"][1]["shadow"], true);
+    assert_eq!(json["login"][0]["name"], "web");
+    assert_eq!(json["login"][0]["secret"], true, "set, never shown");
+    assert_eq!(
+        json["login"][0]["lockouts_ms"],
+        serde_json::json!([60_000, 300_000, 900_000])
+    );
+    // Every Envoy rule, by its full key.
+    let domains = json["envoy"]["domains"].as_array().unwrap();
+    let test_domain = domains.iter().find(|d| d["name"] == "test-domain").unwrap();
+    let rules = test_domain["rules"].as_array().unwrap();
+    let rule = |key: &str| {
+        rules
+            .iter()
+            .find(|r| r["key"] == key)
+            .unwrap_or_else(|| panic!("no rule {key} in {rules:?}"))
+            .clone()
+    };
+    let sub = rule("test-domain.key1_value1.subkey1_subvalue1");
+    assert_eq!(sub["action"], "bucket");
+    assert_eq!(sub["requests_per_unit"], 10);
+    assert_eq!(sub["unit"], "second");
+    assert_eq!(sub["limits"][0]["burst"], 10);
+    assert_eq!(sub["shadow_mode"], false);
+    assert_eq!(sub["quota_mode"], false);
+    assert_eq!(rule("test-domain.key2")["unit"], "minute");
+    let replacing = domains
+        .iter()
+        .find(|d| d["name"] == "replaces-domain")
+        .unwrap();
+    let premium = &replacing["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "premium")
+        .unwrap()
+        .clone();
+    assert_eq!(premium["replaces"], serde_json::json!(["per_path"]));
+    assert_eq!(
+        test_domain["rules"].as_array().unwrap().len(),
+        10,
+        "basic_config.yaml has 10 rate limits"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limit_gauges_follow_the_configuration_through_reloads() {
+    let dir = TempDir::new("gauges");
+    let server = server_with(
+        &dir,
+        &config("free = \"5/s burst 10; 1000/day\"\nold = \"1/m\""),
+    )
+    .await;
+    let addr = server.http_addr();
+    let metrics = get(addr, "/metrics").await.body;
+    for line in [
+        "floodgate_limit_burst{policy=\"free\",limit=\"0\"} 10",
+        "floodgate_limit_burst{policy=\"free\",limit=\"1\"} 1000",
+        "floodgate_limit_rate_per_second{policy=\"free\",limit=\"0\"} 5",
+        "floodgate_limit_rate_per_second{policy=\"old\",limit=\"0\"} 0.016666666666666666",
+        // Named Envoy rules have gauges too.
+        "floodgate_limit_burst{policy=\"envoy:replaces-domain.client_premium\",limit=\"0\"} 100",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "missing {line} in\n{metrics}"
+        );
+    }
+    // A bad file is refused and shown; a good one drops the removed policy's series.
+    dir.write("floodgate.toml", "[policies]\nfree = \"5/fortnight\"\n");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.reloads().1 < 1 {
+        assert!(Instant::now() < deadline, "the bad file was not noticed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let json = get_config(addr).await;
+    let error = json["last_failed_reload"]["error"].as_str().unwrap();
+    assert!(error.contains("unknown unit \"fortnight\""), "{json}");
+    assert_eq!(json["version"], 1);
+    dir.write("floodgate.toml", &config("free = \"50/s\""));
+    while server.config_version() < 2 {
+        assert!(Instant::now() < deadline, "the new file was not picked up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let metrics = get(addr, "/metrics").await.body;
+    assert!(
+        metrics.contains("floodgate_limit_burst{policy=\"free\",limit=\"0\"} 50"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("policy=\"old\""), "{metrics}");
+    assert!(
+        !metrics.contains("floodgate_limit_burst{policy=\"free\",limit=\"1\"}"),
+        "{metrics}"
+    );
+    assert_eq!(get_config(addr).await["version"], 2);
+    server.shutdown().await;
+}
