@@ -237,6 +237,21 @@ pub struct Config {
     pub envoy_dir: Option<PathBuf>,
     /// How the Envoy files are loaded (`[envoy] merge_domains`, `max_file_bytes`).
     pub envoy_options: LoadOptions,
+    /// How every Envoy answer is made (`[envoy] quota_mode`, `shadow_mode`).
+    pub envoy_modes: EnvoyModes,
+}
+
+/// Server-wide switches of the Envoy answers (envoyproxy/ratelimit's `QUOTA_MODE` and
+/// `SHADOW_MODE`), applied at reload.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EnvoyModes {
+    /// `[envoy] quota_mode`: every descriptor but `unlimited` ones counts as a quota
+    /// descriptor (unmatched ones as passing), so an answer is `OVER_LIMIT` only when all
+    /// are over.
+    pub quota_mode: bool,
+    /// `[envoy] shadow_mode`: a final `OVER_LIMIT` is answered `OK` (descriptor statuses
+    /// still tell).
+    pub shadow_mode: bool,
 }
 
 /// Settings that override the file (command line and environment).
@@ -293,7 +308,7 @@ impl Config {
         let store = store_section(raw.store, file, dir)?;
         let policies = policies_section(raw.policies, file, store.local_share, &store.url)?;
         let login = login_section(raw.login, file, store.local_share, &policies)?;
-        let (envoy, envoy_dir, envoy_options) = envoy_section(raw.envoy, file, dir)?;
+        let (envoy, envoy_dir, envoy_options, envoy_modes) = envoy_section(raw.envoy, file, dir)?;
         if policies.is_empty() && envoy.is_empty() && login.is_empty() {
             return Err(err(
                 "policies",
@@ -309,6 +324,7 @@ impl Config {
             envoy,
             envoy_dir,
             envoy_options,
+            envoy_modes,
         })
     }
 
@@ -470,10 +486,12 @@ impl Config {
         if let Some(dir) = &self.envoy_dir {
             let _ = writeln!(
                 out,
-                "envoy: config_dir {}, merge_domains {}, max_file_bytes {}",
+                "envoy: config_dir {}, merge_domains {}, max_file_bytes {}, quota_mode {}, shadow_mode {}",
                 dir.display(),
                 self.envoy_options.merge_domains,
-                self.envoy_options.max_file_bytes
+                self.envoy_options.max_file_bytes,
+                self.envoy_modes.quota_mode,
+                self.envoy_modes.shadow_mode
             );
         }
         for domain in self.envoy.iter() {

@@ -82,8 +82,62 @@ fn override_rule(requests: u32, unit: i32) -> Result<Rule, Status> {
         unit: Some(unit),
         shadow: false,
         quota: false,
+        charge: false,
         key: String::new(), // sent by the client, not loaded
     })
+}
+
+/// What a matched bucket descriptor does with its hits.
+#[derive(Clone, Copy)]
+enum How {
+    /// Check and consume the hits.
+    Check(u32),
+    /// `charge: true`: consume without checking (usage reported after a response).
+    Charge(u32),
+    /// Zero hits: consume nothing; over iff the bucket is in debt.
+    Debt,
+    /// More hits than the burst: over, consuming nothing.
+    Never,
+}
+
+/// Whether a peek shows the bucket in debt (TAT − now > B·T, envoyproxy/ratelimit's "the
+/// count is past the limit"): the wait for one token exceeds one emission interval. Envoy
+/// rules have one limit; 1 µs of slack absorbs the Redis store's microsecond rounding.
+fn in_debt(policy: &Policy, decision: &Decision) -> bool {
+    let Some(limit) = policy.limits().get(decision.decided_by()) else {
+        return false;
+    };
+    let period = limit.period().as_nanos();
+    let interval = period.div_ceil(u128::from(limit.count().max(1)));
+    decision.retry_after().as_nanos() > interval + 1_000
+}
+
+/// How a request's descriptors add up to its overall code, as envoyproxy/ratelimit's
+/// `shouldRateLimitWorker` counts them: `OVER_LIMIT` iff an ordinary descriptor is over,
+/// or every quota descriptor is (and there is one). `unlimited` descriptors count in
+/// neither group; shadow descriptors report OK and count as passing.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Tally {
+    failed_ordinary: usize,
+    failed_quota: usize,
+    quota: usize,
+}
+
+impl Tally {
+    /// Counts one descriptor: a quota one or not, over the limit or not.
+    pub(crate) fn count(&mut self, quota: bool, over: bool) {
+        match (quota, over) {
+            (true, true) => self.failed_quota += 1,
+            (false, true) => self.failed_ordinary += 1,
+            _ => {}
+        }
+        self.quota += usize::from(quota);
+    }
+
+    /// Whether the overall code is `OVER_LIMIT`.
+    pub(crate) fn over(&self) -> bool {
+        self.failed_ordinary > 0 || (self.quota > 0 && self.quota == self.failed_quota)
+    }
 }
 
 fn bucket_key(domain: &str, entries: &[(&str, &str)]) -> String {
@@ -169,14 +223,23 @@ impl Rls {
             Action::Bucket(policy) => policy,
         };
         let started = Instant::now();
-        let fits = u32::try_from(hits)
-            .ok()
-            .filter(|&cost| cost >= 1 && cost <= policy.max_cost());
-        let result = match fits {
-            Some(cost) => served.limiter.check_n(policy, bucket, cost).await,
-            // 0 hits: check without counting; more hits than the bucket holds: over the
-            // limit whatever the state.
-            None => served.limiter.peek(policy, bucket).await,
+        // Hits are at most 2³²−1 (the protocol's fields are 32-bit).
+        let cost = u32::try_from(hits).unwrap_or(u32::MAX);
+        let how = if hits == 0 {
+            // A zero-cost check: over iff the bucket is in debt.
+            How::Debt
+        } else if rule.charge {
+            How::Charge(cost)
+        } else if cost <= policy.max_cost() {
+            How::Check(cost)
+        } else {
+            // More hits than the bucket holds: over the limit whatever the state.
+            How::Never
+        };
+        let result = match how {
+            How::Check(cost) => served.limiter.check_n(policy, bucket, cost).await,
+            How::Charge(cost) => served.limiter.charge(policy, bucket, cost).await,
+            How::Debt | How::Never => served.limiter.peek(policy, bucket).await,
         };
         shared.metrics.store_latency(started.elapsed());
         let decision = result.map_err(|e| {
@@ -184,12 +247,17 @@ impl Rls {
             tracing::warn!(error = %e, "store call failed");
             Status::unavailable(format!("rate limit store unavailable: {e}"))
         })?;
-        let allowed = match fits {
-            Some(_) => decision.is_allowed(),
-            None => hits == 0 && decision.is_allowed(),
+        let allowed = match how {
+            // After a charge, allowed means it fit without debt.
+            How::Check(_) | How::Charge(_) => decision.is_allowed(),
+            How::Debt => !in_debt(policy, &decision),
+            How::Never => false,
         } && decision.source() != DecisionSource::FailClosed;
         if let Some(counters) = served.rule_counters.get(policy.name()) {
-            counters.record(&decision, rule.shadow);
+            match how {
+                How::Charge(_) => counters.record_charge(&decision),
+                _ => counters.record(&decision, rule.shadow),
+            }
         }
         let status = DescriptorStatus {
             code: if allowed || rule.shadow {
@@ -236,12 +304,14 @@ impl RateLimitService for Rls {
             .flatten()
             .collect();
 
+        let modes = served.config.envoy_modes;
         let mut statuses = Vec::with_capacity(resolved.len());
-        let mut over = false;
+        let mut tally = Tally::default();
         // The bucket whose state the response headers report: a denial, else the fewest left.
         let mut shown: Option<(Policy, Decision)> = None;
         for item in &resolved {
             let Resolved::Rule { rule, bucket, hits } = item else {
+                tally.count(modes.quota_mode, false);
                 statuses.push(DescriptorStatus {
                     code: Code::Ok as i32,
                     ..Default::default()
@@ -249,6 +319,8 @@ impl RateLimitService for Rls {
                 continue;
             };
             if rule.name.as_deref().is_some_and(|n| replaced.contains(n)) {
+                // A replaced rule counts as no rule at all.
+                tally.count(modes.quota_mode, false);
                 statuses.push(DescriptorStatus {
                     code: Code::Ok as i32,
                     ..Default::default()
@@ -256,7 +328,15 @@ impl RateLimitService for Rls {
                 continue;
             }
             let (status, decided) = Self::descriptor(shared, &served, rule, bucket, *hits).await?;
+            let quota = modes.quota_mode || rule.quota;
+            let is_over = status.code == Code::OverLimit as i32;
+            if !matches!(rule.action, Action::Unlimited) {
+                tally.count(quota, is_over);
+            }
             if let Some((policy, decision, allowed)) = decided {
+                // An over-limit quota descriptor does not by itself refuse the request: its
+                // denial is not preferred for the headers.
+                let allowed = allowed || quota;
                 let replace = match &shown {
                     None => true,
                     Some((_, shown_decision)) => {
@@ -269,9 +349,10 @@ impl RateLimitService for Rls {
                     shown = Some((policy.clone(), decision));
                 }
             }
-            over |= status.code == Code::OverLimit as i32;
             statuses.push(status);
         }
+        // The server-wide shadow switch answers OK whatever the descriptors say.
+        let over = tally.over() && !modes.shadow_mode;
 
         let mut headers = Vec::new();
         if let Some((policy, decision)) = &shown {

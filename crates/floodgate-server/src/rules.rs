@@ -87,8 +87,12 @@ pub struct Rule {
     pub unit: Option<Unit>,
     /// `shadow_mode`: count, but always answer OK.
     pub shadow: bool,
-    /// `quota_mode` as loaded (shown by `/v1/config`; not yet applied to the answer).
+    /// `quota_mode`: over the limit, it makes the answer `OVER_LIMIT` only together with
+    /// every other quota descriptor of the request.
     pub quota: bool,
+    /// floodgate's `charge: true`: hits above zero are charged (debt capped at one burst),
+    /// and the status is `OVER_LIMIT` iff the bucket is then in debt.
+    pub charge: bool,
     /// The descriptor path that defines it, `domain.key_value.key…` (envoyproxy/ratelimit's
     /// composite key).
     pub key: String,

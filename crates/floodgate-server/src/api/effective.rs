@@ -68,6 +68,7 @@ fn rule(rule: &Rule) -> Value {
         "limits": policy.map_or(Value::Array(Vec::new()), |p| limits(p.limits())),
         "shadow_mode": rule.shadow,
         "quota_mode": rule.quota,
+        "charge": rule.charge,
         "replaces": rule.replaces,
     })
 }

@@ -36,6 +36,9 @@ struct RawDescriptor {
     descriptors: Vec<RawDescriptor>,
     #[serde(default)]
     shadow_mode: bool,
+    /// floodgate's own: hits are charged (usage reported after a response), not checked.
+    #[serde(default)]
+    charge: bool,
     #[serde(default)]
     share_threshold: bool,
     // Informational: accepted and ignored (metrics naming).
@@ -45,7 +48,6 @@ struct RawDescriptor {
     #[serde(default)]
     #[allow(dead_code)]
     value_to_metric: bool,
-    /// Kept on the rule and shown by `/v1/config`; the answer does not apply it yet.
     #[serde(default)]
     quota_mode: bool,
     #[allow(dead_code)]
@@ -409,6 +411,7 @@ impl Builder<'_> {
             Some(rate_limit) => {
                 let mut rule = self.rule(rate_limit, raw.shadow_mode, composite, path)?;
                 rule.quota = raw.quota_mode;
+                rule.charge = raw.charge;
                 Some(Arc::new(rule))
             }
         };
@@ -458,6 +461,7 @@ impl Builder<'_> {
                 unit: None,
                 shadow,
                 quota: false,
+                charge: false,
                 key: composite.to_owned(),
             });
         }
@@ -490,6 +494,7 @@ impl Builder<'_> {
             unit: Some(unit),
             shadow,
             quota: false,
+            charge: false,
             key: composite.to_owned(),
         })
     }

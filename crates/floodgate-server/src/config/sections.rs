@@ -12,7 +12,7 @@ use serde::Deserialize;
 use super::envoy::{self, LoadOptions};
 use super::toml_location::bare_or_quoted;
 use super::{
-    ConfigError, LOGIN_PREFIX, LoginGuardConfig, PolicyConfig, RESERVED_PREFIX,
+    ConfigError, EnvoyModes, LOGIN_PREFIX, LoginGuardConfig, PolicyConfig, RESERVED_PREFIX,
     SERVER_DEFAULT_MAX_KEYS, SERVER_DEFAULT_STORE_TIMEOUT, Secret, ServerConfig, StoreConfig,
     StoreUrl, redact_url,
 };
@@ -95,6 +95,10 @@ pub(super) struct RawEnvoy {
     config_dir: String,
     merge_domains: Option<bool>,
     max_file_bytes: Option<i64>,
+    #[serde(default)]
+    quota_mode: bool,
+    #[serde(default)]
+    shadow_mode: bool,
 }
 
 /// `on_error` as written in TOML; converted to a [`FailurePolicy`] in one place
@@ -563,10 +567,15 @@ pub(super) fn envoy_section(
     raw: Option<RawEnvoy>,
     file: &Path,
     dir: Option<&Path>,
-) -> Result<(Domains, Option<PathBuf>, LoadOptions), ConfigError> {
+) -> Result<(Domains, Option<PathBuf>, LoadOptions, EnvoyModes), ConfigError> {
     let err = |key: &str, reason: String| ConfigError::new(file, key, reason);
     Ok(match raw {
-        None => (Domains::default(), None, LoadOptions::default()),
+        None => (
+            Domains::default(),
+            None,
+            LoadOptions::default(),
+            EnvoyModes::default(),
+        ),
         Some(raw) => {
             let Some(dir) = dir else {
                 return Err(err(
@@ -595,7 +604,16 @@ pub(super) fn envoy_section(
                     format!("'{}' is not a directory", path.display()),
                 ));
             }
-            (envoy::load_dir(&path, &options)?, Some(path), options)
+            let modes = EnvoyModes {
+                quota_mode: raw.quota_mode,
+                shadow_mode: raw.shadow_mode,
+            };
+            (
+                envoy::load_dir(&path, &options)?,
+                Some(path),
+                options,
+                modes,
+            )
         }
     })
 }

@@ -21,7 +21,7 @@ use floodgate_server::{Options, Running, start};
 use floodgate_testkit::redis_server::RedisServer;
 use tonic::transport::Channel;
 
-fn fixtures(kind: &str) -> PathBuf {
+pub(crate) fn fixtures(kind: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/envoy")
         .join(kind)
@@ -84,7 +84,7 @@ fn every_invalid_fixture_fails_naming_the_problem() {
         (
             "misspelled_key.yaml",
             "config error, unknown field `ratelimit`, expected one of key, value, rate_limit, \
-             descriptors, shadow_mode, share_threshold, detailed_metric, value_to_metric, \
+             descriptors, shadow_mode, charge, share_threshold, detailed_metric, value_to_metric, \
              quota_mode, metadata at line 5, column 5",
         ),
         (
@@ -330,7 +330,7 @@ async fn start_server(
     (dir, server, RateLimitServiceClient::new(channel))
 }
 
-fn descriptor(entries: &[(&str, &str)]) -> RateLimitDescriptor {
+pub(crate) fn descriptor(entries: &[(&str, &str)]) -> RateLimitDescriptor {
     RateLimitDescriptor {
         entries: entries
             .iter()
@@ -344,7 +344,7 @@ fn descriptor(entries: &[(&str, &str)]) -> RateLimitDescriptor {
     }
 }
 
-async fn ask(
+pub(crate) async fn ask(
     client: &mut RateLimitServiceClient<Channel>,
     domain: &str,
     descriptors: Vec<RateLimitDescriptor>,
@@ -374,7 +374,7 @@ async fn one(
     status
 }
 
-fn code(status: &DescriptorStatus) -> Code {
+pub(crate) fn code(status: &DescriptorStatus) -> Code {
     Code::try_from(status.code).unwrap()
 }
 

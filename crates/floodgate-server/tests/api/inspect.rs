@@ -104,6 +104,7 @@ async fn the_effective_configuration_is_served_without_secrets() {
     assert_eq!(sub["limits"][0]["burst"], 10);
     assert_eq!(sub["shadow_mode"], false);
     assert_eq!(sub["quota_mode"], false);
+    assert_eq!(sub["charge"], false);
     assert_eq!(rule("test-domain.key2")["unit"], "minute");
     let replacing = domains
         .iter()

@@ -9,6 +9,7 @@ mod common;
 
 mod config;
 mod envoy;
+mod envoy_quota;
 mod http_api;
 mod inspect;
 mod login;
