@@ -252,6 +252,10 @@ pub struct EnvoyModes {
     /// `[envoy] shadow_mode`: a final `OVER_LIMIT` is answered `OK` (descriptor statuses
     /// still tell).
     pub shadow_mode: bool,
+    /// `[envoy] response_dynamic_metadata`: answers carry `dynamic_metadata` (the domain,
+    /// the descriptors, the hits and the merged `metadata` of the passing descriptors), as
+    /// envoyproxy/ratelimit's `RESPONSE_DYNAMIC_METADATA` builds it.
+    pub response_dynamic_metadata: bool,
 }
 
 /// Settings that override the file (command line and environment).
@@ -486,12 +490,13 @@ impl Config {
         if let Some(dir) = &self.envoy_dir {
             let _ = writeln!(
                 out,
-                "envoy: config_dir {}, merge_domains {}, max_file_bytes {}, quota_mode {}, shadow_mode {}",
+                "envoy: config_dir {}, merge_domains {}, max_file_bytes {}, quota_mode {}, shadow_mode {}, response_dynamic_metadata {}",
                 dir.display(),
                 self.envoy_options.merge_domains,
                 self.envoy_options.max_file_bytes,
                 self.envoy_modes.quota_mode,
-                self.envoy_modes.shadow_mode
+                self.envoy_modes.shadow_mode,
+                self.envoy_modes.response_dynamic_metadata
             );
         }
         for domain in self.envoy.iter() {

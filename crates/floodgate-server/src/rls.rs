@@ -83,8 +83,123 @@ fn override_rule(requests: u32, unit: i32) -> Result<Rule, Status> {
         shadow: false,
         quota: false,
         charge: false,
+        metadata: None,
         key: String::new(), // sent by the client, not loaded
     })
+}
+
+/// Merges `src` into `dest` as envoyproxy/ratelimit's `mergeMetadata` does: maps merge
+/// recursively, and a key already present keeps its first value otherwise.
+fn merge_metadata(
+    dest: &mut serde_json::Map<String, serde_json::Value>,
+    src: &serde_json::Map<String, serde_json::Value>,
+) {
+    for (key, value) in src {
+        match (dest.get_mut(key), value) {
+            (Some(serde_json::Value::Object(inner)), serde_json::Value::Object(more)) => {
+                merge_metadata(inner, more);
+            }
+            (Some(_), _) => {}
+            (None, _) => {
+                dest.insert(key.clone(), value.clone());
+            }
+        }
+    }
+}
+
+/// The answer's `dynamic_metadata`, built as envoyproxy/ratelimit's `ratelimitToMetadata`
+/// builds it: `domain`, `descriptors` (`entries` as `key=value`, the `limit` override and
+/// the descriptor's `hitsAddend` when given), the request's `hitsAddend` when not 0, and
+/// the merged `metadata` of the descriptors that passed, when any.
+fn dynamic_metadata(
+    request: &RateLimitRequest,
+    passed: serde_json::Map<String, serde_json::Value>,
+) -> prost_types::Struct {
+    use prost_types::value::Kind;
+    let text = |s: String| prost_types::Value {
+        kind: Some(Kind::StringValue(s)),
+    };
+    let number = |n: f64| prost_types::Value {
+        kind: Some(Kind::NumberValue(n)),
+    };
+    let descriptors = request
+        .descriptors
+        .iter()
+        .map(|d| {
+            let mut fields = std::collections::BTreeMap::new();
+            let entries = d
+                .entries
+                .iter()
+                .map(|e| text(format!("{}={}", e.key, e.value)))
+                .collect();
+            fields.insert(
+                "entries".to_owned(),
+                prost_types::Value {
+                    kind: Some(Kind::ListValue(prost_types::ListValue { values: entries })),
+                },
+            );
+            if let Some(limit) = &d.limit {
+                let unit = Unit::from_proto(limit.unit).map_or("UNKNOWN", |u| u.proto_name());
+                fields.insert(
+                    "limit".to_owned(),
+                    text(format!(
+                        "requests_per_unit:{} unit:{unit}",
+                        limit.requests_per_unit
+                    )),
+                );
+            }
+            if let Some(hits) = d.hits_addend {
+                fields.insert("hitsAddend".to_owned(), number(hits as f64));
+            }
+            prost_types::Value {
+                kind: Some(Kind::StructValue(prost_types::Struct { fields })),
+            }
+        })
+        .collect();
+    let mut fields = std::collections::BTreeMap::new();
+    fields.insert("domain".to_owned(), text(request.domain.clone()));
+    fields.insert(
+        "descriptors".to_owned(),
+        prost_types::Value {
+            kind: Some(Kind::ListValue(prost_types::ListValue {
+                values: descriptors,
+            })),
+        },
+    );
+    if request.hits_addend != 0 {
+        fields.insert(
+            "hitsAddend".to_owned(),
+            number(f64::from(request.hits_addend)),
+        );
+    }
+    if !passed.is_empty() {
+        fields.insert(
+            "metadata".to_owned(),
+            json_to_proto(serde_json::Value::Object(passed)),
+        );
+    }
+    prost_types::Struct { fields }
+}
+
+/// A YAML/JSON value as a protobuf `Value`.
+fn json_to_proto(value: serde_json::Value) -> prost_types::Value {
+    use prost_types::value::Kind;
+    let kind = match value {
+        serde_json::Value::Null => Kind::NullValue(0),
+        serde_json::Value::Bool(b) => Kind::BoolValue(b),
+        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
+        serde_json::Value::String(s) => Kind::StringValue(s),
+        serde_json::Value::Array(items) => Kind::ListValue(prost_types::ListValue {
+            values: items.into_iter().map(json_to_proto).collect(),
+        }),
+        serde_json::Value::Object(map) => Kind::StructValue(prost_types::Struct {
+            fields: map
+                .into_iter()
+                .map(|(k, v)| (k, json_to_proto(v)))
+                .collect(),
+        }),
+    };
+    prost_types::Value { kind: Some(kind) }
 }
 
 /// What a matched bucket descriptor does with its hits.
@@ -305,6 +420,7 @@ impl RateLimitService for Rls {
             .collect();
 
         let modes = served.config.envoy_modes;
+        let mut passed_metadata = serde_json::Map::new();
         let mut statuses = Vec::with_capacity(resolved.len());
         let mut tally = Tally::default();
         // The bucket whose state the response headers report: a denial, else the fewest left.
@@ -332,6 +448,9 @@ impl RateLimitService for Rls {
             let is_over = status.code == Code::OverLimit as i32;
             if !matches!(rule.action, Action::Unlimited) {
                 tally.count(quota, is_over);
+                if !is_over && let Some(metadata) = &rule.metadata {
+                    merge_metadata(&mut passed_metadata, metadata);
+                }
             }
             if let Some((policy, decision, allowed)) = decided {
                 // An over-limit quota descriptor does not by itself refuse the request: its
@@ -375,7 +494,11 @@ impl RateLimitService for Rls {
             }
         }
         tracing::debug!(domain = %request.domain, over, "ShouldRateLimit");
+        let dynamic_metadata = modes
+            .response_dynamic_metadata
+            .then(|| dynamic_metadata(&request, passed_metadata));
         Ok(Response::new(RateLimitResponse {
+            dynamic_metadata,
             overall_code: if over { Code::OverLimit } else { Code::Ok } as i32,
             statuses,
             response_headers_to_add: headers,

@@ -93,12 +93,25 @@ pub struct Rule {
     /// floodgate's `charge: true`: hits above zero are charged (debt capped at one burst),
     /// and the status is `OVER_LIMIT` iff the bucket is then in debt.
     pub charge: bool,
+    /// `metadata`: merged into the answer's `dynamic_metadata` when this rule passes.
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
     /// The descriptor path that defines it, `domain.key_value.key…` (envoyproxy/ratelimit's
     /// composite key).
     pub key: String,
 }
 
 impl Unit {
+    /// The protocol's enum name (`MINUTE`).
+    pub fn proto_name(self) -> &'static str {
+        match self {
+            Unit::Second => "SECOND",
+            Unit::Minute => "MINUTE",
+            Unit::Hour => "HOUR",
+            Unit::Day => "DAY",
+            Unit::Week => "WEEK",
+        }
+    }
+
     /// The YAML spelling.
     pub fn name(self) -> &'static str {
         match self {

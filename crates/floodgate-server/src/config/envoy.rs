@@ -13,7 +13,6 @@ use std::sync::Arc;
 
 use floodgate::{Limit, Policy};
 use serde::Deserialize;
-use serde::de::IgnoredAny;
 
 use super::{ConfigError, RESERVED_PREFIX};
 use crate::rules::{Action, Domain, Domains, Level, Node, Rule, Unit, push_part};
@@ -50,8 +49,8 @@ struct RawDescriptor {
     value_to_metric: bool,
     #[serde(default)]
     quota_mode: bool,
-    #[allow(dead_code)]
-    metadata: Option<IgnoredAny>,
+    /// Returned (merged) in the answer's `dynamic_metadata` when the descriptor passes.
+    metadata: Option<serde_json::Value>,
 }
 
 #[derive(Clone, Deserialize)]
@@ -412,6 +411,17 @@ impl Builder<'_> {
                 let mut rule = self.rule(rate_limit, raw.shadow_mode, composite, path)?;
                 rule.quota = raw.quota_mode;
                 rule.charge = raw.charge;
+                rule.metadata = match &raw.metadata {
+                    None | Some(serde_json::Value::Null) => None,
+                    Some(serde_json::Value::Object(map)) => Some(map.clone()),
+                    Some(_) => {
+                        return Err(ConfigError::new(
+                            &self.files[self.file],
+                            composite,
+                            "metadata must be a map".to_owned(),
+                        ));
+                    }
+                };
                 Some(Arc::new(rule))
             }
         };
@@ -462,6 +472,7 @@ impl Builder<'_> {
                 shadow,
                 quota: false,
                 charge: false,
+                metadata: None,
                 key: composite.to_owned(),
             });
         }
@@ -495,6 +506,7 @@ impl Builder<'_> {
             shadow,
             quota: false,
             charge: false,
+            metadata: None,
             key: composite.to_owned(),
         })
     }

@@ -99,6 +99,8 @@ pub(super) struct RawEnvoy {
     quota_mode: bool,
     #[serde(default)]
     shadow_mode: bool,
+    #[serde(default)]
+    response_dynamic_metadata: bool,
 }
 
 /// `on_error` as written in TOML; converted to a [`FailurePolicy`] in one place
@@ -607,6 +609,7 @@ pub(super) fn envoy_section(
             let modes = EnvoyModes {
                 quota_mode: raw.quota_mode,
                 shadow_mode: raw.shadow_mode,
+                response_dynamic_metadata: raw.response_dynamic_metadata,
             };
             (
                 envoy::load_dir(&path, &options)?,

@@ -178,6 +178,75 @@ async fn envoyproxy_ratelimits_quota_scripts_answer_as_there() {
     server.shutdown().await;
 }
 
+/// The merged `metadata` of the passing descriptors names the service to route to.
+fn routed_to(response: &RateLimitResponse) -> Option<String> {
+    use prost_types::value::Kind;
+    let metadata = response.dynamic_metadata.as_ref()?.fields.get("metadata")?;
+    let Some(Kind::StructValue(metadata)) = &metadata.kind else {
+        return None;
+    };
+    let Some(Kind::StructValue(service)) = &metadata.fields.get("service_with_quota")?.kind else {
+        return None;
+    };
+    match &service.fields.get("name")?.kind {
+        Some(Kind::StringValue(name)) => Some(name.clone()),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multiservice_token_quota_routes_by_the_metadata_of_passing_descriptors() {
+    // multiservice-tokenquota.sh: zero-cost checks of both services at request time; the
+    // metadata of those that pass says where to route; the serving one is charged one hit.
+    let (_dir, server, mut c) = start_server(
+        None,
+        "response_dynamic_metadata = true
+",
+    )
+    .await;
+    let c = &mut c;
+    let both = [("service", "service_1"), ("service", "service_2")];
+    let mut routes = Vec::new();
+    for _ in 0..5 {
+        let r = request(c, &both, 0).await;
+        assert_eq!(overall(&r), OK);
+        let service = routed_to(&r).expect("a passing service");
+        request(c, &[("service", service.as_str())], 1).await; // the response path
+        routes.push(service);
+    }
+    assert_eq!(
+        routes,
+        [
+            "service_1",
+            "service_1",
+            "service_2",
+            "service_2",
+            "service_2"
+        ]
+    );
+    let sixth = request(c, &both, 0).await;
+    assert_eq!(overall(&sixth), OVER, "both services out of quota");
+    assert_eq!(routed_to(&sixth), None);
+    // The rest of the metadata, as envoyproxy/ratelimit builds it.
+    let metadata = sixth.dynamic_metadata.unwrap();
+    let json = format!("{metadata:?}");
+    for part in [
+        "\"domain\"",
+        "\"rl\"",
+        "\"descriptors\"",
+        "service=service_1",
+        "\"hitsAddend\"",
+    ] {
+        assert!(json.contains(part), "{part} in {json}");
+    }
+    server.shutdown().await;
+
+    // Without the switch, answers carry no dynamic metadata.
+    let (_dir, server, mut c) = start_server(None, "").await;
+    assert_eq!(request(&mut c, &both, 0).await.dynamic_metadata, None);
+    server.shutdown().await;
+}
+
 /// A response-time report of 5 000 tokens against a `1000/minute` budget charges it: the
 /// debt is capped at one burst (1 000 tokens at 60 ms each, 3 000 forgiven), so the bucket is
 /// in debt — request-time checks refused — for the next 60 s, and full after 120 s.
