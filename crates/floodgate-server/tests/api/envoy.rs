@@ -739,7 +739,7 @@ async fn should_rate_limit_on_redis() {
 
 /// The Python interpreter with Debian's `python3-grpcio` and `python3-grpc-tools` (installed by
 /// `scripts/test`), or the first `python3` that can import them.
-fn python_with_grpc() -> Option<String> {
+pub(crate) fn python_with_grpc() -> Option<String> {
     ["/usr/bin/python3", "python3"]
         .into_iter()
         .find_map(|python| {

@@ -303,3 +303,28 @@ async fn a_charged_budget_stays_over_for_a_minute_on_redis() {
     let redis = RedisServer::start();
     a_charged_budget_stays_over_for_a_minute(Some(&redis.url())).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_grpc_client_sees_quota_mode_and_dynamic_metadata() {
+    let python = crate::envoy::python_with_grpc().expect(
+        "a Python with grpcio and grpc_tools is needed: apt-get install python3-grpcio \
+         python3-grpc-tools (scripts/test installs them)",
+    );
+    let (_dir, server, _client) = start_server(None, "response_dynamic_metadata = true\n").await;
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let output = tokio::process::Command::new(python)
+        .arg(manifest.join("tests/python/rls_client.py"))
+        .arg(manifest.join("proto"))
+        .arg(server.grpc_addr().to_string())
+        .arg("quota")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() && stdout.trim() == "ok",
+        "the Python client failed:\n{stdout}\n{stderr}"
+    );
+    server.shutdown().await;
+}

@@ -1,10 +1,12 @@
 """A Python gRPC client of floodgate's Envoy rate limit service.
 
-Usage: rls_client.py PROTO_DIR HOST:PORT
+Usage: rls_client.py PROTO_DIR HOST:PORT [quota]
 
 Generates stubs from the RLS protos with grpc_tools, then checks against a server loaded with
 the `valid` Envoy fixtures: OK then OVER_LIMIT, one bucket per distinct value, and statuses
-in request order. Exits 0 and prints "ok" when every check holds.
+in request order. With `quota`, against the `quota` fixtures and response_dynamic_metadata:
+quota descriptors refuse only all together, and the metadata of the passing ones is returned.
+Exits 0 and prints "ok" when every check holds.
 """
 
 import importlib
@@ -39,6 +41,7 @@ def generate(proto_dir, out):
 
 def main():
     proto_dir, target = sys.argv[1], sys.argv[2]
+    quota = sys.argv[3:] == ["quota"]
     with tempfile.TemporaryDirectory() as out:
         generate(proto_dir, out)
         import grpc
@@ -55,6 +58,10 @@ def main():
 
         with grpc.insecure_channel(target) as channel:
             stub = rls_grpc.RateLimitServiceStub(channel)
+            if quota:
+                check_quota(stub, rls, common)
+                print("ok")
+                return
 
             def ask(*descriptors):
                 return stub.ShouldRateLimit(
@@ -88,6 +95,39 @@ def main():
             headers = {h.key: h.value for h in mixed.response_headers_to_add}
             assert "ratelimit" in headers and "retry-after" in headers, headers
     print("ok")
+
+
+def check_quota(stub, rls, common):
+    ok, over = rls.RateLimitResponse.OK, rls.RateLimitResponse.OVER_LIMIT
+
+    def ask(*entries):
+        descriptors = [
+            common.RateLimitDescriptor(entries=[common.RateLimitDescriptor.Entry(key=k, value=v)])
+            for k, v in entries
+        ]
+        return stub.ShouldRateLimit(
+            rls.RateLimitRequest(domain="rl", descriptors=descriptors), timeout=10
+        )
+
+    # quota: 1 per minute, quota mode. One over and one under: OK, with the over status.
+    assert ask(("quota", "py-a")).overall_code == ok
+    some = ask(("quota", "py-a"), ("quota", "py-b"))
+    assert some.overall_code == ok, some
+    assert [s.code for s in some.statuses] == [over, ok], some
+    assert not any(h.key == "retry-after" for h in some.response_headers_to_add), some
+    # Both over: OVER_LIMIT, with Retry-After.
+    both = ask(("quota", "py-a"), ("quota", "py-b"))
+    assert both.overall_code == over, both
+    assert any(h.key == "retry-after" for h in both.response_headers_to_add), both
+    # An ordinary descriptor over refuses on its own.
+    assert ask(("regular", "py-c")).overall_code == ok
+    assert ask(("regular", "py-c"), ("quota", "py-d")).overall_code == over
+    # The metadata of the passing descriptors, merged.
+    routed = ask(("service", "service_1"), ("service", "service_2"))
+    meta = routed.dynamic_metadata
+    assert meta["domain"] == "rl", meta
+    assert meta["metadata"]["service_with_quota"]["name"] == "service_1", meta
+    assert list(meta["descriptors"][0]["entries"]) == ["service=service_1"], meta
 
 
 if __name__ == "__main__":
