@@ -135,9 +135,11 @@ impl Store for Leaky {
         if decision.is_allowed() || !matches!(op, Op::Acquire(_)) {
             return Ok(decision);
         }
-        let now = self.clock().now_nanos();
+        // The clock is read under the lock: a thread that read it earlier but took the lock
+        // later would otherwise see `last` ahead of its `now`.
         let mut last = self.last_extra.lock().unwrap();
-        if now - *last >= self.interval_ns {
+        let now = self.clock().now_nanos();
+        if now.saturating_sub(*last) >= self.interval_ns {
             *last = now;
             return Ok(Decision::allow(decision.limit(), 0));
         }
