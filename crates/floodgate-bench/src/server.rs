@@ -1,5 +1,5 @@
-//! The server: `POST /v1/check` (wrk, 100 000 random keys) on the memory store and on Redis
-//! beside a bare axum route returning a constant JSON body, and `ShouldRateLimit` (a tonic
+//! The server: `POST /v1/check` (wrk, 100 000 random keys) on the memory store (top keys on
+//! and off) and on Redis beside a bare axum route returning a constant JSON body, and `ShouldRateLimit` (a tonic
 //! load generator in this process) on both stores beside a bare tonic service answering a
 //! constant response, served as tonic's documentation shows. Servers run on one tokio worker;
 //! the load generator gets the other core.
@@ -178,11 +178,14 @@ fn grpc_load(addr: SocketAddr, seconds: u64, concurrency: usize) -> Grpc {
     })
 }
 
-async fn start_server(dir: &std::path::Path, store: &str) -> Running {
+async fn start_server(dir: &std::path::Path, store: &str, top_keys: usize) -> Running {
     let config = format!(
-        "[store]\nurl = \"{store}\"\n[policies]\nbench = \"1000000/s burst 1000000\"\n[envoy]\nconfig_dir = \"envoy\"\n"
+        "[server]\ntop_keys = {top_keys}\n[store]\nurl = \"{store}\"\n[policies]\nbench = \"1000000/s burst 1000000\"\n[envoy]\nconfig_dir = \"envoy\"\n"
     );
-    let path = dir.join(format!("{}.toml", store.replace([':', '/', '.'], "_")));
+    let path = dir.join(format!(
+        "{}-{top_keys}.toml",
+        store.replace([':', '/', '.'], "_")
+    ));
     std::fs::write(&path, config).unwrap_or_else(|e| panic!("{e}"));
     let mut options = Options::file_on_free_ports(path);
     options.watch_interval = None;
@@ -204,7 +207,7 @@ pub(crate) fn run(runs: usize, seconds: u64) {
         .enable_all()
         .build()
         .unwrap_or_else(|e| panic!("{e}"));
-    let (bare_http, bare_grpc, memory, on_redis) = runtime.block_on(async {
+    let (bare_http, bare_grpc, memory, on_redis, no_top) = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .unwrap_or_else(|e| panic!("{e}"));
@@ -225,9 +228,10 @@ pub(crate) fn run(runs: usize, seconds: u64) {
                 .serve(bare_grpc),
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let memory = start_server(&dir, "memory://").await;
-        let on_redis = start_server(&dir, &redis.url()).await;
-        (bare_http, bare_grpc, memory, on_redis)
+        let memory = start_server(&dir, "memory://", 1_000).await;
+        let on_redis = start_server(&dir, &redis.url(), 1_000).await;
+        let no_top = start_server(&dir, "memory://", 0).await;
+        (bare_http, bare_grpc, memory, on_redis, no_top)
     });
 
     println!("machine: {}", crate::machine());
@@ -239,18 +243,25 @@ pub(crate) fn run(runs: usize, seconds: u64) {
     );
     println!("servers on one tokio worker;");
     println!("medians of {runs} interleaved runs of {seconds} s:\n");
-    let mut http: [Vec<(f64, f64)>; 3] = Default::default();
+    let mut http: [Vec<(f64, f64)>; 4] = Default::default();
+    let mut top_ratio = Vec::new();
     let mut grpc: [Vec<(f64, f64)>; 3] = Default::default();
     let mut http_ratio = Vec::new();
     let mut grpc_ratio = Vec::new();
     let mut p99_ratio = Vec::new();
     for run in 0..runs {
         eprintln!("server run {}/{runs}", run + 1);
-        let results: Vec<Wrk> = [bare_http, memory.http_addr(), on_redis.http_addr()]
-            .into_iter()
-            .map(|addr| wrk(addr, &script, seconds))
-            .collect();
+        let results: Vec<Wrk> = [
+            bare_http,
+            memory.http_addr(),
+            on_redis.http_addr(),
+            no_top.http_addr(),
+        ]
+        .into_iter()
+        .map(|addr| wrk(addr, &script, seconds))
+        .collect();
         http_ratio.push(results[1].rps / results[0].rps);
+        top_ratio.push(results[1].rps / results[3].rps);
         for (i, r) in results.iter().enumerate() {
             http[i].push((r.rps, r.p99_ms));
         }
@@ -278,6 +289,7 @@ pub(crate) fn run(runs: usize, seconds: u64) {
     row("bare axum route (constant JSON)", &http[0]);
     row("`POST /v1/check`, memory store", &http[1]);
     row("`POST /v1/check`, Redis store", &http[2]);
+    row("`POST /v1/check`, memory store, top keys off", &http[3]);
     row("bare tonic `ShouldRateLimit` (constant)", &grpc[0]);
     row("`ShouldRateLimit`, memory store", &grpc[1]);
     row("`ShouldRateLimit`, Redis store", &grpc[2]);
@@ -291,9 +303,14 @@ pub(crate) fn run(runs: usize, seconds: u64) {
         crate::median(&mut grpc_ratio),
         crate::median(&mut p99_ratio)
     );
+    println!(
+        "`/v1/check` with top keys on (1 000 counters) / off, median of per-run ratios: **{:.2}×**",
+        crate::median(&mut top_ratio)
+    );
     runtime.block_on(async {
         memory.shutdown().await;
         on_redis.shutdown().await;
+        no_top.shutdown().await;
     });
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -20,6 +20,7 @@ use crate::state::{AnyStore, Served, ServedPolicy, Shared};
 
 mod effective;
 mod login;
+mod top;
 
 /// The largest request body accepted.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -33,6 +34,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/reset", post(reset))
         .route("/v1/policies", get(policies))
         .route("/v1/config", get(effective::config))
+        .route("/v1/top", get(top::top))
         .route("/v1/login/attempt", post(login::attempt))
         .route("/v1/login/result", post(login::result))
         .route("/healthz", get(healthz))
@@ -340,6 +342,9 @@ async fn decide(shared: &Shared, request: axum::extract::Request, op: Endpoint) 
     }
     if op == Endpoint::Check {
         served.counters.record(&decision, served.shadow);
+        shared
+            .top
+            .record(served.policy.name(), &request.key, !decision.is_allowed());
         // Escaped: a key with a newline or terminal codes cannot forge log lines.
         tracing::debug!(policy = %served.policy.name(), key = %request.key.escape_debug(), allowed = decision.is_allowed(), "check");
     }
@@ -531,8 +536,8 @@ async fn method_not_allowed() -> Response {
     problem(
         StatusCode::METHOD_NOT_ALLOWED,
         "this endpoint does not take this method: /v1/check, /v1/peek, /v1/charge, /v1/reset, \
-         /v1/login/attempt and /v1/login/result take POST; /v1/policies, /v1/config, /healthz, \
-         /readyz and /metrics take GET",
+         /v1/login/attempt and /v1/login/result take POST; /v1/policies, /v1/config, /v1/top, \
+         /healthz, /readyz and /metrics take GET",
     )
 }
 

@@ -164,6 +164,10 @@ pub struct ServerConfig {
     pub grpc_limits: GrpcLimits,
     /// How long shutdown waits for open connections to finish before cutting them.
     pub shutdown_grace: Duration,
+    /// `server.top_keys`: counters per policy summary of `/v1/top` (0: top keys off).
+    pub top_keys: usize,
+    /// `server.top_keys_memory`: the bytes all summaries may hold together.
+    pub top_keys_memory: usize,
 }
 
 /// `[store]`.

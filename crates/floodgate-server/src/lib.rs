@@ -38,6 +38,7 @@ pub mod request;
 mod rls;
 pub mod rules;
 mod state;
+pub mod top;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -368,6 +368,9 @@ impl Rls {
             How::Debt => !in_debt(policy, &decision),
             How::Never => false,
         } && decision.source() != DecisionSource::FailClosed;
+        if !matches!(how, How::Charge(_) | How::Debt) {
+            shared.top.record(policy.name(), bucket, !allowed);
+        }
         if let Some(counters) = served.rule_counters.get(policy.name()) {
             match how {
                 How::Charge(_) => counters.record_charge(&decision),

@@ -217,6 +217,28 @@ pub(crate) fn push_part(out: &mut String, key: &str, value: &str) {
     let _ = write!(out, "{}:{key}={}:{value};", key.len(), value.len());
 }
 
+/// A bucket key of an Envoy rule (`domain\n` then [`push_part`]'s length-prefixed parts) as
+/// a person reads it: `k=v, k2=v2`. Anything else is returned as it is.
+pub fn display_bucket(bucket: &str) -> String {
+    fn parts(mut rest: &str) -> Option<Vec<String>> {
+        let mut out = Vec::new();
+        while !rest.is_empty() {
+            let (len, tail) = rest.split_once(':')?;
+            let key = tail.get(..len.parse::<usize>().ok()?)?;
+            let tail = tail.get(key.len()..)?.strip_prefix('=')?;
+            let (len, tail) = tail.split_once(':')?;
+            let value = tail.get(..len.parse::<usize>().ok()?)?;
+            rest = tail.get(value.len()..)?.strip_prefix(';')?;
+            out.push(format!("{key}={value}"));
+        }
+        Some(out)
+    }
+    bucket
+        .split_once('\n')
+        .and_then(|(_, rest)| parts(rest))
+        .map_or_else(|| bucket.to_owned(), |p| p.join(", "))
+}
+
 /// `*` matches any run of characters (possibly empty); everything else matches itself.
 pub fn glob(pattern: &str, text: &str) -> bool {
     let mut parts = pattern.split('*');
@@ -303,6 +325,19 @@ impl Domain {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn envoy_buckets_read_as_their_entries() {
+        let mut bucket = String::from("edge\n");
+        push_part(&mut bucket, "remote_address", "10.0.0.1");
+        push_part(&mut bucket, "path", "a=b;c:d");
+        assert_eq!(
+            display_bucket(&bucket),
+            "remote_address=10.0.0.1, path=a=b;c:d"
+        );
+        assert_eq!(display_bucket("user:42"), "user:42");
+        assert_eq!(display_bucket("d\n3:ab"), "d\n3:ab");
+    }
 
     #[test]
     fn glob_matches_like_a_shell_star() {

@@ -97,6 +97,8 @@ pub(crate) struct Shared {
     versions: AtomicU64,
     /// The readiness probe's policy.
     pub(crate) probe: Policy,
+    /// Top keys per policy (`/v1/top`); sized at start.
+    pub(crate) top: crate::top::TopKeys,
     /// When the served config was applied, and the last refused reload (`/v1/config`).
     pub(crate) reloads: std::sync::Mutex<ReloadLog>,
 }
@@ -117,6 +119,7 @@ impl Shared {
         overrides: Overrides,
     ) -> Result<Arc<Shared>, ConfigError> {
         let metrics = Arc::new(Metrics::default());
+        let top = crate::top::TopKeys::new(config.server.top_keys, config.server.top_keys_memory);
         let store = build_store(&config).await?;
         let served = Served::new(1, config, Arc::new(RateLimiter::new(store)), &metrics);
         metrics.set_version(1);
@@ -130,6 +133,7 @@ impl Shared {
             reload_lock: tokio::sync::Mutex::new(()),
             versions: AtomicU64::new(1),
             probe,
+            top,
             reloads: std::sync::Mutex::new(ReloadLog {
                 applied: std::time::SystemTime::now(),
                 failed: None,
@@ -204,6 +208,12 @@ impl Shared {
             };
         }
         let (old, new) = (&current.config.server, &config.server);
+        if (old.top_keys, old.top_keys_memory) != (new.top_keys, new.top_keys_memory) {
+            tracing::warn!("server.top_keys / top_keys_memory changes take effect at restart");
+            config.server.top_keys = current.config.server.top_keys;
+            config.server.top_keys_memory = current.config.server.top_keys_memory;
+        }
+        let (old, new) = (&current.config.server, &config.server);
         if (old.grpc_limits, old.shutdown_grace) != (new.grpc_limits, new.shutdown_grace) {
             tracing::warn!(
                 "server.grpc_max_connections / grpc_handshake_timeout / grpc_idle_timeout / shutdown_grace changes take effect at restart"
@@ -232,6 +242,7 @@ impl Shared {
             .map(String::as_str)
             .collect();
         self.metrics.retain_policies(&live);
+        self.top.retain(&live);
         let guards: std::collections::HashSet<&str> =
             served.logins.keys().map(String::as_str).collect();
         self.metrics.retain_logins(&guards);

@@ -48,6 +48,8 @@ pub(super) struct RawServer {
     grpc_handshake_timeout: Option<String>,
     grpc_idle_timeout: Option<String>,
     shutdown_grace: Option<String>,
+    top_keys: Option<i64>,
+    top_keys_memory: Option<i64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -207,7 +209,17 @@ pub(super) fn server_section(raw: RawServer, file: &Path) -> Result<ServerConfig
         Some(text) => parse_duration_or_zero(&text, Duration::from_secs(3_600))
             .map_err(|reason| err("server.shutdown_grace", reason))?,
     };
+    let top_keys = count("server.top_keys", raw.top_keys, 1_000, 0, 100_000)?;
+    let top_keys_memory = count(
+        "server.top_keys_memory",
+        raw.top_keys_memory,
+        64 << 20,
+        1 << 20,
+        1 << 40,
+    )?;
     let server = ServerConfig {
+        top_keys,
+        top_keys_memory,
         http: addr("server.http", raw.http, "127.0.0.1:8080")?,
         grpc: addr("server.grpc", raw.grpc, "127.0.0.1:8081")?,
         admin_token: match raw.admin_token {

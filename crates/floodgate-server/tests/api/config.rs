@@ -174,8 +174,12 @@ const BAD: &[(&str, &str)] = &[
         "bad/tls_ca_without_tls.toml: store.tls_ca_file: applies to TLS store URLs only (rediss:// or rediss+cluster://)",
     ),
     (
+        "top_keys_negative.toml",
+        "bad/top_keys_negative.toml: server.top_keys: must be from 0 to 100000, got -1",
+    ),
+    (
         "unknown_key.toml",
-        "bad/unknown_key.toml: server.https: line 2: unknown field `https`, expected one of `http`, `grpc`, `admin_token`, `max_connections`, `header_timeout`, `body_timeout`, `max_header_bytes`, `grpc_max_connections`, `grpc_handshake_timeout`, `grpc_idle_timeout`, `shutdown_grace`",
+        "bad/unknown_key.toml: server.https: line 2: unknown field `https`, expected one of `http`, `grpc`, `admin_token`, `max_connections`, `header_timeout`, `body_timeout`, `max_header_bytes`, `grpc_max_connections`, `grpc_handshake_timeout`, `grpc_idle_timeout`, `shutdown_grace`, `top_keys`, `top_keys_memory`",
     ),
     (
         "unknown_section.toml",

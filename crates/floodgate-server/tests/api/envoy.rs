@@ -311,7 +311,7 @@ fn a_file_over_the_node_budget_is_refused_in_words() {
     );
 }
 
-async fn start_server(
+pub(crate) async fn start_server(
     store_url: Option<&str>,
 ) -> (TempDir, Running, RateLimitServiceClient<Channel>) {
     let dir = TempDir::new("envoy");

@@ -14,3 +14,4 @@ mod http_api;
 mod inspect;
 mod login;
 mod parsers;
+mod top;
