@@ -24,6 +24,29 @@ pub(crate) struct Breaker {
     clock: MonotonicClock,
 }
 
+/// The circuit breaker's state ([`RedisHealth::breaker`](crate::RedisHealth)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BreakerState {
+    /// Decisions go to Redis.
+    Closed,
+    /// Redis failed repeatedly: decisions go to the failure policy until the cooldown ends.
+    Open,
+    /// The cooldown ended: the next decision probes Redis, and its success closes it.
+    HalfOpen,
+}
+
+impl BreakerState {
+    /// `closed`, `open` or `half_open`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half_open",
+        }
+    }
+}
+
 /// Whether a call may go to Redis.
 pub(crate) enum Gate {
     /// Closed: call Redis.
@@ -93,6 +116,18 @@ impl Breaker {
             self.open_until.store(until, Ordering::Release);
         }
         self.probing.store(false, Ordering::Release);
+    }
+
+    /// The breaker's state now, without changing it.
+    pub(crate) fn state(&self) -> BreakerState {
+        let open_until = self.open_until.load(Ordering::Acquire);
+        if open_until == 0 {
+            BreakerState::Closed
+        } else if self.clock.now_nanos() < open_until {
+            BreakerState::Open
+        } else {
+            BreakerState::HalfOpen
+        }
     }
 
     pub(crate) fn cooldown(&self) -> Duration {

@@ -121,7 +121,8 @@ pub use floodgate::FailurePolicy;
 #[doc(hidden)]
 pub mod fuzzing;
 pub use builder::{MAX_CONNECTIONS, RedisStoreBuilder, check_connections};
-pub use store::{LeaseTokens, RedisStats, RedisStore};
+pub use failure::BreakerState;
+pub use store::{LeaseTokens, RedisHealth, RedisStats, RedisStore};
 pub use url::redact_url;
 
 /// The README's examples (core and Redis), compiled and run as doctests.

@@ -61,6 +61,16 @@ pub struct LeaseTokens {
     pub expired: u64,
 }
 
+/// How a [`RedisStore`] is doing: [`RedisStore::health`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RedisHealth {
+    /// The circuit breaker's state.
+    pub breaker: crate::BreakerState,
+    /// What the store has sent so far.
+    pub stats: RedisStats,
+}
+
 /// What a [`RedisStore`] has sent to Redis since it was built (shared by its clones):
 /// [`RedisStore::stats`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -120,6 +130,14 @@ impl<C: Clock> RedisStore<C> {
             leased: c.leased.load(Ordering::Relaxed),
             spent: c.spent.load(Ordering::Relaxed),
             expired: c.expired.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The store's health for an operator: the circuit breaker's state and [`stats`](Self::stats).
+    pub fn health(&self) -> RedisHealth {
+        RedisHealth {
+            breaker: self.breaker.state(),
+            stats: self.stats(),
         }
     }
 

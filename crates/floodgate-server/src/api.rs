@@ -35,6 +35,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/policies", get(policies))
         .route("/v1/config", get(effective::config))
         .route("/v1/top", get(top::top))
+        .route("/v1/stats", get(effective::stats))
         .route("/v1/login/attempt", post(login::attempt))
         .route("/v1/login/result", post(login::result))
         .route("/healthz", get(healthz))
@@ -537,7 +538,7 @@ async fn method_not_allowed() -> Response {
         StatusCode::METHOD_NOT_ALLOWED,
         "this endpoint does not take this method: /v1/check, /v1/peek, /v1/charge, /v1/reset, \
          /v1/login/attempt and /v1/login/result take POST; /v1/policies, /v1/config, /v1/top, \
-         /healthz, /readyz and /metrics take GET",
+         /v1/stats, /healthz, /readyz and /metrics take GET",
     )
 }
 

@@ -31,6 +31,7 @@
 mod api;
 pub mod config;
 pub mod files;
+pub mod history;
 mod listener;
 pub mod metrics;
 mod reload;
@@ -251,6 +252,12 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
         tonic::service::Routes::new(rls).prepare(),
         server.grpc_limits,
         server.shutdown_grace,
+        shared.metrics.clone(),
+        stopped.clone(),
+    )));
+
+    tasks.push(tokio::spawn(history::sample_every_second(
+        shared.history.clone(),
         shared.metrics.clone(),
         stopped.clone(),
     )));

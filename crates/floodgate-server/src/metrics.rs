@@ -173,6 +173,66 @@ impl Metrics {
         entry(&self.policies, policy)
     }
 
+    /// Every policy's (allowed, denied, shadow-denied) totals, by name.
+    pub fn policy_totals(&self) -> Vec<(String, [u64; 3])> {
+        sorted(&self.policies)
+            .into_iter()
+            .map(|(name, c)| {
+                let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+                (
+                    name,
+                    [load(&c.allowed), load(&c.denied), load(&c.shadow_denied)],
+                )
+            })
+            .collect()
+    }
+
+    /// Totals over every policy: fallback decisions (fail open, fail closed, local) and
+    /// deny-cache hits.
+    pub fn fallback_totals(&self) -> [u64; 4] {
+        let mut totals = [0; 4];
+        for (_, c) in sorted(&self.policies) {
+            let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+            totals[0] += load(&c.fail_open);
+            totals[1] += load(&c.fail_closed);
+            totals[2] += load(&c.local);
+            totals[3] += load(&c.cache_hits);
+        }
+        totals
+    }
+
+    /// Store calls that failed so far.
+    pub fn store_errors(&self) -> u64 {
+        self.store_errors.load(Ordering::Relaxed)
+    }
+
+    /// Upper bounds of the store latency quantiles `qs` (each in (0, 1]), from the
+    /// histogram's buckets; `None` before the first call (or beyond the last bucket).
+    pub fn store_latency_quantiles(&self, qs: &[f64]) -> Vec<Option<Duration>> {
+        let counts: Vec<u64> = self
+            .latency
+            .iter()
+            .map(|a| a.load(Ordering::Relaxed))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        qs.iter()
+            .map(|q| {
+                if total == 0 {
+                    return None;
+                }
+                let wanted = (q * total as f64).ceil() as u64;
+                let mut cumulative = 0;
+                for (i, count) in counts.iter().enumerate() {
+                    cumulative += count;
+                    if cumulative >= wanted.max(1) {
+                        return BUCKETS.get(i).map(|s| Duration::from_secs_f64(*s));
+                    }
+                }
+                None
+            })
+            .collect()
+    }
+
     /// Keeps the counters of the policies in `live` and drops every other series (called at
     /// reload, so removed policies leave `/metrics`).
     pub fn retain_policies(&self, live: &std::collections::HashSet<&str>) {

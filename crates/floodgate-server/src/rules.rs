@@ -217,7 +217,7 @@ pub(crate) fn push_part(out: &mut String, key: &str, value: &str) {
     let _ = write!(out, "{}:{key}={}:{value};", key.len(), value.len());
 }
 
-/// A bucket key of an Envoy rule (`domain\n` then [`push_part`]'s length-prefixed parts) as
+/// A bucket key of an Envoy rule (`domain\n` then the length-prefixed parts of its entries) as
 /// a person reads it: `k=v, k2=v2`. Anything else is returned as it is.
 pub fn display_bucket(bucket: &str) -> String {
     fn parts(mut rest: &str) -> Option<Vec<String>> {

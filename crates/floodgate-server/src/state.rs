@@ -99,6 +99,10 @@ pub(crate) struct Shared {
     pub(crate) probe: Policy,
     /// Top keys per policy (`/v1/top`); sized at start.
     pub(crate) top: crate::top::TopKeys,
+    /// The last five minutes of each policy's rates (`/v1/stats`).
+    pub(crate) history: Arc<crate::history::History>,
+    /// When the server started.
+    pub(crate) started: Instant,
     /// When the served config was applied, and the last refused reload (`/v1/config`).
     pub(crate) reloads: std::sync::Mutex<ReloadLog>,
 }
@@ -134,6 +138,8 @@ impl Shared {
             versions: AtomicU64::new(1),
             probe,
             top,
+            history: Arc::default(),
+            started: Instant::now(),
             reloads: std::sync::Mutex::new(ReloadLog {
                 applied: std::time::SystemTime::now(),
                 failed: None,

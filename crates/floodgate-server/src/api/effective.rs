@@ -1,5 +1,5 @@
-//! `GET /v1/config`: the effective configuration as JSON (never a secret), and the
-//! per-limit gauges of `/metrics` built from the same view.
+//! `GET /v1/config`: the effective configuration as JSON (never a secret); `GET /v1/stats`:
+//! live rates and the store's health; and the per-limit gauges of `/metrics`.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -27,6 +27,76 @@ pub(super) async fn config(State(shared): State<Arc<Shared>>, headers: HeaderMap
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .clone();
     let body = view(&current, log.applied, log.failed.as_ref());
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+pub(super) async fn stats(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+    let current = shared.served.load();
+    if let Err(response) = authorize(&shared, &current, &headers, "GET /v1/stats") {
+        return response;
+    }
+    let log = shared
+        .reloads
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let metrics = &shared.metrics;
+    let policies: Vec<Value> = shared
+        .history
+        .rates()
+        .into_iter()
+        .map(|(name, rates)| {
+            json!({
+                "name": name,
+                "allowed_per_second": rates.allowed,
+                "denied_per_second": rates.denied,
+                "shadow_denied_per_second": rates.shadow_denied,
+            })
+        })
+        .collect();
+    let ms = |d: Option<std::time::Duration>| d.map(|d| d.as_secs_f64() * 1000.0);
+    let quantiles = metrics.store_latency_quantiles(&[0.5, 0.99]);
+    let [fail_open, fail_closed, local, cache_hits] = metrics.fallback_totals();
+    let mut store = json!({
+        "kind": match current.config.store.url { StoreUrl::Memory => "memory", StoreUrl::Redis(_) => "redis" },
+        "latency_ms_p50_at_most": ms(quantiles[0]),
+        "latency_ms_p99_at_most": ms(quantiles[1]),
+        "errors": metrics.store_errors(),
+        "fallback_decisions": { "fail_open": fail_open, "fail_closed": fail_closed, "local": local },
+        "deny_cache_hits": cache_hits,
+        "breaker": Value::Null,
+    });
+    if let crate::state::AnyStore::Redis(redis) = current.limiter.store() {
+        let health = redis.health();
+        store["breaker"] = health.breaker.as_str().into();
+        store["script_calls"] = health.stats.script_calls.into();
+        store["decisions_sent"] = health.stats.decisions.into();
+        store["master_switches"] = health.stats.master_switches.into();
+        store["lease_tokens"] = json!({
+            "leased": health.stats.leased_tokens,
+            "spent": health.stats.spent_lease_tokens,
+            "expired": health.stats.expired_lease_tokens,
+        });
+    }
+    let (ok, failed) = metrics.reloads();
+    let body = json!({
+        "version": current.version,
+        "uptime_s": shared.started.elapsed().as_secs(),
+        "window_s": crate::history::WINDOW_SECS,
+        "resolution_s": 1,
+        "reloads": {
+            "applied": ok,
+            "failed": failed,
+            "applied_at": time(log.applied),
+            "last_failed": log.failed.as_ref().map(|(at, error)| json!({ "at": time(*at), "error": error })),
+        },
+        "policies": policies,
+        "store": store,
+    });
     (
         [(header::CONTENT_TYPE, "application/json")],
         body.to_string(),

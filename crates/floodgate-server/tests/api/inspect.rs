@@ -178,3 +178,107 @@ async fn limit_gauges_follow_the_configuration_through_reloads() {
     assert_eq!(get_config(addr).await["version"], 2);
     server.shutdown().await;
 }
+
+async fn stats(addr: std::net::SocketAddr) -> serde_json::Value {
+    let reply = request(
+        addr,
+        "GET",
+        "/v1/stats",
+        &[("authorization", "Bearer admin-token-do-not-print")],
+        b"",
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    reply.json()
+}
+
+/// Polls `/v1/stats` until `policy`'s per-second series add up to `allowed` and `denied`.
+async fn stats_once_sampled(
+    addr: std::net::SocketAddr,
+    policy: &str,
+    allowed: u64,
+    denied: u64,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let json = stats(addr).await;
+        let sum = |series: &serde_json::Value| -> u64 {
+            series
+                .as_array()
+                .map_or(0, |s| s.iter().filter_map(|v| v.as_u64()).sum())
+        };
+        let found = json["policies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == policy)
+            .map(|p| (sum(&p["allowed_per_second"]), sum(&p["denied_per_second"])));
+        if found == Some((allowed, denied)) {
+            return json;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not sampled: {found:?} in {json}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_show_live_rates_and_the_stores_health() {
+    let dir = TempDir::new("stats");
+    let server = server_with(&dir, &config("tight = \"1/hour burst 2\"")).await;
+    let addr = server.http_addr();
+    assert_problem(
+        &get(addr, "/v1/stats").await,
+        401,
+        "GET /v1/stats needs the admin token",
+    );
+    // Wait for a first sample, so the decisions below fall between two.
+    stats_once_sampled(addr, "tight", 0, 0).await;
+    for _ in 0..5 {
+        common::post(addr, "/v1/check", r#"{"policy":"tight","key":"k"}"#).await;
+    }
+    let json = stats_once_sampled(addr, "tight", 2, 3).await;
+    assert_eq!(json["window_s"], 300);
+    assert_eq!(json["resolution_s"], 1);
+    assert_eq!(json["version"], 1);
+    assert_eq!(json["reloads"]["applied"], 0);
+    let store = &json["store"];
+    assert_eq!(store["kind"], "memory");
+    assert_eq!(store["errors"], 0);
+    assert_eq!(store["breaker"], serde_json::Value::Null);
+    assert!(
+        store["latency_ms_p99_at_most"].as_f64().unwrap() > 0.0,
+        "{store}"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_stats_show_an_open_breaker_and_fallbacks() {
+    let mut redis = floodgate_testkit::redis_server::RedisServer::start();
+    let dir = TempDir::new("stats-redis");
+    let config = format!(
+        "[server]\nadmin_token = \"admin-token-do-not-print\"\n[store]\nurl = \"{}\"\ntimeout = \"200ms\"\non_error = \"allow\"\n[policies]\nfree = \"100/s\"\n",
+        redis.url()
+    );
+    let server = server_with(&dir, &config).await;
+    let addr = server.http_addr();
+    common::post(addr, "/v1/check", r#"{"policy":"free","key":"k"}"#).await;
+    let json = stats(addr).await;
+    assert_eq!(json["store"]["kind"], "redis");
+    assert_eq!(json["store"]["breaker"], "closed");
+    assert!(
+        json["store"]["script_calls"].as_u64().unwrap() >= 1,
+        "{json}"
+    );
+    redis.kill();
+    for _ in 0..5 {
+        common::post(addr, "/v1/check", r#"{"policy":"free","key":"k"}"#).await;
+    }
+    let store = stats(addr).await["store"].clone();
+    assert_eq!(store["breaker"], "open", "{store}");
+    assert_eq!(store["fallback_decisions"]["fail_open"], 5, "{store}");
+    server.shutdown().await;
+}
