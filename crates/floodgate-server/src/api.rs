@@ -18,6 +18,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use crate::request;
 use crate::state::{AnyStore, Served, ServedPolicy, Shared};
 
+mod dashboard;
 mod effective;
 mod login;
 mod top;
@@ -36,6 +37,9 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/config", get(effective::config))
         .route("/v1/top", get(top::top))
         .route("/v1/stats", get(effective::stats))
+        .route("/dashboard", get(dashboard::page))
+        .route("/dashboard/app.js", get(dashboard::script))
+        .route("/dashboard/app.css", get(dashboard::style))
         .route("/v1/login/attempt", post(login::attempt))
         .route("/v1/login/result", post(login::result))
         .route("/healthz", get(healthz))
@@ -538,7 +542,7 @@ async fn method_not_allowed() -> Response {
         StatusCode::METHOD_NOT_ALLOWED,
         "this endpoint does not take this method: /v1/check, /v1/peek, /v1/charge, /v1/reset, \
          /v1/login/attempt and /v1/login/result take POST; /v1/policies, /v1/config, /v1/top, \
-         /v1/stats, /healthz, /readyz and /metrics take GET",
+         /v1/stats, /dashboard, /healthz, /readyz and /metrics take GET",
     )
 }
 

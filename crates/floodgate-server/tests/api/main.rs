@@ -8,8 +8,10 @@
 mod common;
 
 mod config;
+mod dashboard;
 mod envoy;
 mod envoy_quota;
+mod grafana;
 mod http_api;
 mod inspect;
 mod login;
