@@ -211,3 +211,219 @@ async fn with_an_admin_token_the_dashboard_shows_no_data_until_it_is_given() {
     }
     server.shutdown().await;
 }
+
+/// A chromedriver of the test's own (Debian's `chromium-driver`), stopped on drop by its pid.
+struct Driver {
+    child: std::process::Child,
+    addr: std::net::SocketAddr,
+}
+
+impl Driver {
+    fn start() -> Driver {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        use std::os::unix::process::CommandExt;
+        // Its own process group, so the browsers it starts go with it (see `drop`).
+        let child = std::process::Command::new("/usr/bin/chromedriver")
+            .arg(format!("--port={port}"))
+            .process_group(0)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("chromedriver is needed: apt-get install chromium-driver (scripts/setup installs it)");
+        Driver {
+            child,
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        }
+    }
+
+    async fn call(&self, method: &str, path: &str, body: serde_json::Value) -> serde_json::Value {
+        let body = if method == "GET" || method == "DELETE" {
+            Vec::new()
+        } else {
+            body.to_string().into_bytes()
+        };
+        // chromedriver keeps connections open: read the head, then exactly Content-Length.
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            self.addr,
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(&body).await.unwrap();
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 8192];
+        let (status, body) = loop {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "{method} {path}: connection closed");
+            raw.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&raw).into_owned();
+            let Some((head, rest)) = text.split_once("\r\n\r\n") else {
+                continue;
+            };
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse::<usize>().ok())?
+                })
+                .unwrap_or(0);
+            if rest.len() >= length {
+                let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+                break (status, rest[..length].to_owned());
+            }
+        };
+        assert_eq!(status, 200, "{method} {path}: {body}");
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["value"].clone()
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while tokio::net::TcpStream::connect(self.addr).await.is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not start");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        // Ours: the group of the chromedriver we started, by its id.
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entering_the_admin_token_shows_the_data_and_keeps_keys_as_text() {
+    let dir = TempDir::new("dashboard-login");
+    let server = server_with(
+        &dir,
+        "[server]\nadmin_token = \"dash-token\"\n[policies]\nfree = \"2/hour\"\n",
+    )
+    .await;
+    let addr = server.http_addr();
+    traffic(addr, 4).await;
+    sampled(addr, &[("authorization", "Bearer dash-token")], "free", 3).await;
+
+    let driver = Driver::start();
+    driver.wait_ready().await;
+    let profile = TempDir::new("chromedriver-profile");
+    let session = driver
+        .call(
+            "POST",
+            "/session",
+            serde_json::json!({ "capabilities": { "alwaysMatch": { "goog:chromeOptions": {
+                "binary": chromium(),
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                         "--disable-dev-shm-usage", "--window-size=1280,800",
+                         format!("--user-data-dir={}", profile.path().display())],
+            } } } }),
+        )
+        .await;
+    let id = session["sessionId"].as_str().unwrap().to_owned();
+    let at = |path: &str| format!("/session/{id}{path}");
+    driver
+        .call(
+            "POST",
+            &at("/url"),
+            serde_json::json!({ "url": format!("http://{addr}/dashboard") }),
+        )
+        .await;
+    let script = |js: &str| serde_json::json!({ "script": js, "args": [] });
+    let eventually = |js: &'static str| {
+        let (driver, at, script) = (&driver, &at, &script);
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if driver.call("POST", &at("/execute/sync"), script(js)).await == true {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "never true: {js}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    eventually("return !document.getElementById('login').hidden").await;
+    let shown = driver
+        .call(
+            "POST",
+            &at("/execute/sync"),
+            script("return document.body.innerText"),
+        )
+        .await;
+    assert!(
+        !shown.as_str().unwrap().contains("attacker"),
+        "no data before the token"
+    );
+    // Type the token and submit.
+    let find = |css: &str| serde_json::json!({ "using": "css selector", "value": css });
+    let input = driver.call("POST", &at("/element"), find("#token")).await;
+    let input = input
+        .as_object()
+        .unwrap()
+        .values()
+        .next()
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_owned();
+    driver
+        .call(
+            "POST",
+            &at(&format!("/element/{input}/value")),
+            serde_json::json!({ "text": "dash-token" }),
+        )
+        .await;
+    let button = driver
+        .call("POST", &at("/element"), find("#login-form button"))
+        .await;
+    let button = button
+        .as_object()
+        .unwrap()
+        .values()
+        .next()
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_owned();
+    driver
+        .call(
+            "POST",
+            &at(&format!("/element/{button}/click")),
+            serde_json::json!({}),
+        )
+        .await;
+    eventually("return document.getElementById('data').hidden === false").await;
+    eventually(
+        "return [...document.querySelectorAll('td.key')].some(td => td.textContent === 'attacker')",
+    )
+    .await;
+    eventually(
+        "return [...document.querySelectorAll('td.key')].some(td => td.textContent === '<img src=x onerror=window.__pwned=1>')",
+    )
+    .await;
+    let state = driver
+        .call(
+            "POST",
+            &at("/execute/sync"),
+            script("return [window.__pwned === undefined, document.querySelectorAll('img').length, \
+                    localStorage.length + sessionStorage.length, location.href.includes('dash-token')]"),
+        )
+        .await;
+    assert_eq!(
+        state,
+        serde_json::json!([true, 0, 0, false]),
+        "not pwned, no token kept outside the tab's memory"
+    );
+    driver.call("DELETE", &at(""), serde_json::json!({})).await;
+    server.shutdown().await;
+}
