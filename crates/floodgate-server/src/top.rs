@@ -216,21 +216,28 @@ impl TopKeys {
         }
         let tick = self.tick.fetch_add(1, Ordering::Relaxed);
         let mut policies = self.lock();
+        // The policy's name is allocated once, when its summaries are created.
         let created = !policies.contains_key(policy);
-        let top = policies
-            .entry(policy.to_owned())
-            .or_insert_with(|| PolicyTop {
-                decisions: Summary::new(self.capacity),
-                denied: Summary::new(self.capacity),
-                last_active: tick,
-            });
+        if created {
+            policies.insert(
+                policy.to_owned(),
+                PolicyTop {
+                    decisions: Summary::new(self.capacity),
+                    denied: Summary::new(self.capacity),
+                    last_active: tick,
+                },
+            );
+        }
+        let Some(top) = policies.get_mut(policy) else {
+            return;
+        };
         top.last_active = tick;
-        let grew_before = top.decisions.key_bytes + top.denied.key_bytes;
+        let before = top.decisions.key_bytes + top.denied.key_bytes;
         top.decisions.add(key);
         if denied {
             top.denied.add(key);
         }
-        let grew = top.decisions.key_bytes + top.denied.key_bytes > grew_before;
+        let grew = top.decisions.key_bytes + top.denied.key_bytes > before;
         if created || grew {
             Self::enforce_cap(&mut policies, policy, self.max_bytes);
         }

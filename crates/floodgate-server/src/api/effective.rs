@@ -21,11 +21,7 @@ pub(super) async fn config(State(shared): State<Arc<Shared>>, headers: HeaderMap
     if let Err(response) = authorize(&shared, &current, &headers, "GET /v1/config") {
         return response;
     }
-    let log = shared
-        .reloads
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone();
+    let log = reload_log(&shared);
     let body = view(&current, log.applied, log.failed.as_ref());
     (
         [(header::CONTENT_TYPE, "application/json")],
@@ -39,11 +35,7 @@ pub(super) async fn stats(State(shared): State<Arc<Shared>>, headers: HeaderMap)
     if let Err(response) = authorize(&shared, &current, &headers, "GET /v1/stats") {
         return response;
     }
-    let log = shared
-        .reloads
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .clone();
+    let log = reload_log(&shared);
     let metrics = &shared.metrics;
     let policies: Vec<Value> = shared
         .history
@@ -102,6 +94,15 @@ pub(super) async fn stats(State(shared): State<Arc<Shared>>, headers: HeaderMap)
         body.to_string(),
     )
         .into_response()
+}
+
+/// A copy of when the served config was applied and the last refused reload.
+fn reload_log(shared: &Shared) -> crate::state::ReloadLog {
+    shared
+        .reloads
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
 }
 
 fn time(at: SystemTime) -> String {

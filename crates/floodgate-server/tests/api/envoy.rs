@@ -314,11 +314,21 @@ fn a_file_over_the_node_budget_is_refused_in_words() {
 pub(crate) async fn start_server(
     store_url: Option<&str>,
 ) -> (TempDir, Running, RateLimitServiceClient<Channel>) {
+    start_server_with("valid", store_url, "").await
+}
+
+/// A server on the Envoy fixtures of `kind`, on `store_url` (memory without one), with
+/// `envoy_switches` added to its `[envoy]` table, and an RLS client of it.
+pub(crate) async fn start_server_with(
+    kind: &str,
+    store_url: Option<&str>,
+    envoy_switches: &str,
+) -> (TempDir, Running, RateLimitServiceClient<Channel>) {
     let dir = TempDir::new("envoy");
     let store = store_url.map_or(String::new(), |url| format!("[store]\nurl = \"{url}\"\n"));
     let config = format!(
-        "{store}[envoy]\nconfig_dir = {:?}\n",
-        fixtures("valid").display().to_string()
+        "{store}[envoy]\nconfig_dir = {:?}\n{envoy_switches}",
+        fixtures(kind).display().to_string()
     );
     let path = dir.write("floodgate.toml", &config);
     let server = start(Options::file_on_free_ports(path)).await.unwrap();

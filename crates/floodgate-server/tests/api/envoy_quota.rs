@@ -6,33 +6,20 @@
 use std::time::Duration;
 
 use crate::common;
-use crate::envoy::{ask, code, descriptor, fixtures};
+use crate::envoy::{ask, code, descriptor, fixtures, start_server_with};
 
 use common::TempDir;
+use floodgate_server::Running;
 use floodgate_server::proto::envoy::service::ratelimit::v3::RateLimitResponse;
 use floodgate_server::proto::envoy::service::ratelimit::v3::rate_limit_response::Code;
 use floodgate_server::proto::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
-use floodgate_server::{Options, Running, start};
 use floodgate_testkit::redis_server::RedisServer;
 use tonic::transport::Channel;
 
 type Client = RateLimitServiceClient<Channel>;
 
 async fn start_server(store_url: Option<&str>, envoy_switches: &str) -> (TempDir, Running, Client) {
-    let dir = TempDir::new("envoy-quota");
-    let store = store_url.map_or(String::new(), |url| format!("[store]\nurl = \"{url}\"\n"));
-    let config = format!(
-        "{store}[envoy]\nconfig_dir = {:?}\n{envoy_switches}",
-        fixtures("quota").display().to_string()
-    );
-    let path = dir.write("floodgate.toml", &config);
-    let server = start(Options::file_on_free_ports(path)).await.unwrap();
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.grpc_addr()))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    (dir, server, RateLimitServiceClient::new(channel))
+    start_server_with("quota", store_url, envoy_switches).await
 }
 
 /// One request of single-entry descriptors, each with a descriptor-level `hits_addend`
