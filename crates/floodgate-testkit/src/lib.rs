@@ -7,6 +7,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a test kit fails the test it serves by panicking
 
+pub mod concurrency;
 pub mod conformance;
 pub mod history;
 pub mod login;

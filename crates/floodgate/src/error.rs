@@ -71,6 +71,21 @@ pub enum Error {
         /// What is wrong with its value.
         reason: String,
     },
+    /// A permit id that does not parse (see [`PermitId`](crate::PermitId)).
+    #[error("invalid permit id \"{permit}\": {reason}")]
+    InvalidPermit {
+        /// The text given (at most 64 characters of it).
+        permit: String,
+        /// What a permit id looks like.
+        reason: &'static str,
+    },
+    /// A permit's lease ended on the store's clock before it was renewed: the store has
+    /// reclaimed it, and its slot may be someone else's.
+    #[error("permit {permit} has expired: its lease ended before the renew reached the store")]
+    PermitExpired {
+        /// The permit's id.
+        permit: crate::PermitId,
+    },
     /// The store failed and its failure policy says to surface the error.
     #[error("rate limit store failed: {0}")]
     Store(#[source] BoxError),

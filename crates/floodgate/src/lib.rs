@@ -43,6 +43,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod clock;
+pub mod concurrency;
 mod decision;
 mod error;
 mod failure;
@@ -61,10 +62,11 @@ mod sync;
 #[cfg(feature = "tokio")]
 pub use clock::TokioClock;
 pub use clock::{Clock, ManualClock, MonotonicClock};
+pub use concurrency::{Acquisition, Concurrency, Full, Permit, PermitId};
 pub use decision::{Decision, DecisionSource};
 pub use error::{BoxError, Error};
 pub use failure::FailurePolicy;
 pub use limit::{Limit, MAX_LIMITS, MAX_NAME_LEN, Policy, is_name_char};
 pub use limiter::RateLimiter;
-pub use store::Store;
 pub use store::memory::{DEFAULT_MAX_KEYS, MemoryStore, MemoryStoreBuilder};
+pub use store::{ConcurrencyStore, Store};

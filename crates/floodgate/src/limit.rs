@@ -336,7 +336,7 @@ pub(crate) fn check_nonzero(cost: u32) -> Result<(), Error> {
     Ok(())
 }
 
-fn validate_name(name: &str) -> Result<(), String> {
+pub(crate) fn validate_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > MAX_NAME_LEN {
         return Err(format!(
             "a policy name is 1 to {MAX_NAME_LEN} bytes, this one is {}",

@@ -3,10 +3,18 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use crate::clock::MonotonicClock;
-use crate::store::Store;
+use crate::concurrency::{Acquisition, Full, Permit, PermitAnswer, PermitId, Releases, either};
 use crate::store::memory::MemoryStore;
-use crate::{Clock, Decision, Error, Policy};
+use crate::store::{ConcurrencyStore, Store};
+use crate::{Clock, Concurrency, Decision, Error, Policy};
+
+/// `acquire_wait`'s first poll interval for releases on other nodes; it doubles up to
+/// [`MAX_POLL`].
+const FIRST_POLL: Duration = Duration::from_millis(2);
+const MAX_POLL: Duration = Duration::from_millis(250);
 
 /// Checks requests against policies, with state kept in a [`Store`].
 ///
@@ -26,6 +34,8 @@ use crate::{Clock, Decision, Error, Policy};
 #[derive(Debug, Clone)]
 pub struct RateLimiter<S: Store = MemoryStore> {
     store: S,
+    /// Permit releases on this node, which wake [`acquire_wait`](Self::acquire_wait).
+    releases: Arc<Releases>,
 }
 
 impl RateLimiter<MemoryStore> {
@@ -46,7 +56,10 @@ impl<C: Clock> RateLimiter<MemoryStore<C>> {
 impl<S: Store> RateLimiter<S> {
     /// A limiter on any store.
     pub fn new(store: S) -> Self {
-        RateLimiter { store }
+        RateLimiter {
+            store,
+            releases: Arc::default(),
+        }
     }
 
     /// The store behind this limiter.
@@ -136,6 +149,106 @@ impl<S: Store> RateLimiter<S> {
             }
             clock.sleep(wait).await;
         }
+    }
+}
+
+/// Concurrency limits: permits in flight per key (see [`Concurrency`]).
+impl<S: ConcurrencyStore> RateLimiter<S> {
+    /// Takes a permit of `limit` for `key` if fewer than its `max` are in flight, or
+    /// reports the limit [`Full`] with the count in flight and how long until the earliest
+    /// lease ends. The permit's lease runs from the moment the acquire is sent.
+    pub async fn acquire(&self, limit: &Concurrency, key: &str) -> Result<Acquisition<S>, Error> {
+        self.acquire_with_id(limit, key, PermitId::random()).await
+    }
+
+    /// [`acquire`](Self::acquire) with an id the caller chose: sending it again after a
+    /// lost reply holds one permit, not two (the store renews it), and an id known before
+    /// the reply can be released with [`release_by_id`](Self::release_by_id).
+    pub async fn acquire_with_id(
+        &self,
+        limit: &Concurrency,
+        key: &str,
+        id: PermitId,
+    ) -> Result<Acquisition<S>, Error> {
+        let sent_at = self.store.clock().now();
+        let answer = self.store.permit_acquire(limit, key, id).await?;
+        Ok(self.acquisition(limit, key, id, sent_at, answer))
+    }
+
+    fn acquisition(
+        &self,
+        limit: &Concurrency,
+        key: &str,
+        id: PermitId,
+        sent_at: Duration,
+        answer: PermitAnswer,
+    ) -> Acquisition<S> {
+        if answer.acquired {
+            Acquisition::Acquired(Permit::new(
+                self.store.clone(),
+                limit.clone(),
+                key,
+                Arc::clone(&self.releases),
+                id,
+                sent_at,
+                answer,
+            ))
+        } else {
+            Acquisition::Full(Full {
+                in_flight: answer.in_flight,
+                limit: limit.max(),
+                retry_after: answer.retry_after,
+                source: answer.source,
+            })
+        }
+    }
+
+    /// Waits for a permit of `limit` for `key` (background workers), at most `timeout`:
+    /// woken at once by a release on this node, and polling the store for releases
+    /// elsewhere every few milliseconds at first, backing off to every 250 ms, never past
+    /// the earliest lease end the store reported. When `timeout` passes first it returns
+    /// [`Error::Timeout`] with the last reported wait. Dropping the future takes nothing.
+    pub async fn acquire_wait(
+        &self,
+        limit: &Concurrency,
+        key: &str,
+        timeout: Duration,
+    ) -> Result<Permit<S>, Error> {
+        let clock = self.store.clock();
+        let deadline = clock.now().saturating_add(timeout);
+        let id = PermitId::random();
+        let mut poll = FIRST_POLL;
+        loop {
+            let epoch = self.releases.epoch();
+            let full = match self.acquire_with_id(limit, key, id).await? {
+                Acquisition::Acquired(permit) => return Ok(permit),
+                Acquisition::Full(full) => full,
+            };
+            let now = clock.now();
+            if now >= deadline {
+                return Err(Error::Timeout {
+                    retry_after: full.retry_after,
+                });
+            }
+            let wait = poll
+                .min(full.retry_after.max(Duration::from_millis(1)))
+                .min(deadline - now);
+            either(clock.sleep(wait), self.releases.after(epoch)).await;
+            poll = (poll * 2).min(MAX_POLL);
+        }
+    }
+
+    /// Releases the permit `id` of `limit` for `key`, held here or anywhere (a permit
+    /// whose acquire reply was lost, say). Idempotent: an id not in flight is a no-op.
+    pub async fn release_by_id(
+        &self,
+        limit: &Concurrency,
+        key: &str,
+        id: PermitId,
+    ) -> Result<(), Error> {
+        let result = self.store.permit_release(limit, key, id).await;
+        self.releases.notify();
+        result
     }
 }
 

@@ -20,9 +20,11 @@
 //! [`decision`]. Policies precompute their limits' rates: [`rates_ns`] and [`rates_us`].
 
 use std::future::Future;
+use std::sync::Arc;
 
+pub use crate::concurrency::{PermitAnswer, Releases};
 pub use crate::gcra::{Op, Rate, Verdict, evaluate, fewest_tokens};
-use crate::{Clock, Decision, Error, Limit, Policy};
+use crate::{Clock, Concurrency, Decision, Error, Limit, PermitId, Policy};
 
 pub(crate) mod memory;
 
@@ -96,6 +98,73 @@ pub trait Store: Send + Sync + 'static {
         cost: u32,
     ) -> impl Future<Output = Result<Decision, Error>> + Send {
         async move { self.apply(policy, key, Op::Charge(cost)).await }
+    }
+}
+
+/// A store that also keeps concurrency limits' permits: implemented by the memory store,
+/// the Redis store and the server's store; a [`Store`] that does not implement it keeps
+/// compiling and offers rate limits only.
+///
+/// Per `(limit, key)` the store keeps the permits in flight, each with the end of its lease
+/// on the store's clock (`now + lease` when the acquire or renew is applied). Every
+/// operation first drops the leases that have ended. All three are atomic per key and
+/// idempotent per permit id: an acquire with an id already in flight renews it and answers
+/// granted (so a caller whose reply was lost may send it again); a release of an id not in
+/// flight does nothing.
+///
+/// Limits arrive validated ([`Concurrency`] cannot hold a `max` of zero or a lease out of
+/// range).
+pub trait ConcurrencyStore: Store + Clone {
+    /// Grants `permit` for `key` if fewer than `limit.max()` are in flight (after dropping
+    /// ended leases), leasing it for `limit.lease_time()`.
+    fn permit_acquire(
+        &self,
+        limit: &Concurrency,
+        key: &str,
+        permit: PermitId,
+    ) -> impl Future<Output = Result<PermitAnswer, Error>> + Send;
+
+    /// Releases `permit`; nothing happens if it is not in flight for `key` (released
+    /// before, expired, or never granted).
+    fn permit_release(
+        &self,
+        limit: &Concurrency,
+        key: &str,
+        permit: PermitId,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Extends `permit`'s lease to `limit.lease_time()` from now, or answers
+    /// [`Error::PermitExpired`] when it is not in flight (its lease ended, or it was
+    /// released).
+    fn permit_renew(
+        &self,
+        limit: &Concurrency,
+        key: &str,
+        permit: PermitId,
+    ) -> impl Future<Output = Result<(), Error>> + Send;
+
+    /// Releases a dropped [`Permit`](crate::Permit), then wakes this node's waiters with
+    /// [`Releases::notify`]. By default the release is spawned on the current tokio runtime
+    /// (feature `tokio`); with no runtime, nothing is sent and the store reclaims the permit
+    /// when its lease ends. A store that can release synchronously should do so here.
+    fn release_on_drop(
+        &self,
+        limit: &Concurrency,
+        key: &str,
+        permit: PermitId,
+        releases: &Arc<Releases>,
+    ) {
+        #[cfg(feature = "tokio")]
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let (store, limit, key) = (self.clone(), limit.clone(), key.to_owned());
+            let releases = Arc::clone(releases);
+            runtime.spawn(async move {
+                let _ = store.permit_release(&limit, &key, permit).await;
+                releases.notify();
+            });
+        }
+        #[cfg(not(feature = "tokio"))]
+        let _ = (limit, key, permit, releases);
     }
 }
 

@@ -22,9 +22,13 @@ use crate::limit::MAX_LIMITS;
 use crate::store::Store;
 use crate::sync::{ShardLock, lock_shard};
 
+mod permits;
 mod table;
 
-use crate::{Clock, Decision, Error, Policy};
+use crate::concurrency::Releases;
+use crate::store::{ConcurrencyStore, PermitAnswer};
+use crate::{Clock, Concurrency, Decision, Error, PermitId, Policy};
+use permits::Permits;
 use table::Table;
 
 /// Default cap on stored limit states: 2^22 (about 4.2 million, at most ~140 MB).
@@ -58,6 +62,8 @@ struct Inner<C> {
     hasher: ahash::RandomState,
     clock: C,
     max_keys: usize,
+    /// Concurrency limits' permits, apart from the rate-limit table.
+    permits: Permits,
 }
 
 /// One shard on its own cache lines, so shards' locks do not share a line.
@@ -165,6 +171,7 @@ impl<C: Clock> MemoryStoreBuilder<C> {
                 hasher: keyed_hasher(),
                 clock: self.clock,
                 max_keys,
+                permits: Permits::new(max_keys),
             }),
         }
     }
@@ -199,6 +206,38 @@ impl<C: Clock> MemoryStore<C> {
         }
     }
 
+    /// Permits of `limit` in flight for `key` now.
+    pub fn in_flight(&self, limit: &Concurrency, key: &str) -> u32 {
+        let now = self.inner.clock.now_nanos();
+        self.inner
+            .permits
+            .in_flight(self.permit_hash(limit, key), now)
+    }
+
+    /// Keys with concurrency permits in flight. They count toward no cap of the rate-limit
+    /// table, and are never evicted; their own cap is `max_keys`.
+    pub fn permit_keys(&self) -> usize {
+        self.inner.permits.keys()
+    }
+
+    /// Acquires denied because the store held `max_keys` keys with permits in flight (a
+    /// held permit is never dropped to make room).
+    pub fn permits_refused_at_cap(&self) -> u64 {
+        self.inner.permits.refused()
+    }
+
+    /// Permits reclaimed because their lease ended before they were released.
+    pub fn permits_reclaimed(&self) -> u64 {
+        self.inner.permits.reclaimed()
+    }
+
+    fn permit_hash(&self, limit: &Concurrency, key: &str) -> u64 {
+        // A domain of its own: a permit key never shares a hash with a bucket's.
+        self.inner
+            .hasher
+            .hash_one((PERMITS, limit.name_hash(), key))
+    }
+
     fn locate(&self, policy: &Policy, key: &str) -> (&Shard, u64) {
         let hash = self.inner.hasher.hash_one((policy.name_hash(), key));
         let shard = if self.inner.shard_shift == 64 {
@@ -229,6 +268,9 @@ impl<C: Clock> MemoryStore<C> {
         }
     }
 }
+
+/// Mixed into permit keys' hashes.
+const PERMITS: u8 = 0xc0;
 
 /// A hasher with fresh random keys, so fingerprints cannot be predicted from outside.
 #[cfg(not(loom))]
@@ -315,6 +357,71 @@ impl<C: Clock> Store for MemoryStore<C> {
         self.forget(policy, key);
         Ok(())
     }
+}
+
+impl<C: Clock> ConcurrencyStore for MemoryStore<C> {
+    async fn permit_acquire(
+        &self,
+        limit: &Concurrency,
+        key: &str,
+        permit: PermitId,
+    ) -> Result<PermitAnswer, Error> {
+        let now = self.inner.clock.now_nanos();
+        Ok(self.inner.permits.acquire(
+            self.permit_hash(limit, key),
+            permit,
+            limit.max(),
+            lease_ns(limit),
+            now,
+        ))
+    }
+
+    async fn permit_release(
+        &self,
+        limit: &Concurrency,
+        key: &str,
+        permit: PermitId,
+    ) -> Result<(), Error> {
+        self.release_now(limit, key, permit);
+        Ok(())
+    }
+
+    async fn permit_renew(
+        &self,
+        limit: &Concurrency,
+        key: &str,
+        permit: PermitId,
+    ) -> Result<(), Error> {
+        let now = self.inner.clock.now_nanos();
+        self.inner
+            .permits
+            .renew(self.permit_hash(limit, key), permit, lease_ns(limit), now)
+    }
+
+    /// Released at once, without a runtime.
+    fn release_on_drop(
+        &self,
+        limit: &Concurrency,
+        key: &str,
+        permit: PermitId,
+        releases: &Arc<Releases>,
+    ) {
+        self.release_now(limit, key, permit);
+        releases.notify();
+    }
+}
+
+impl<C: Clock> MemoryStore<C> {
+    fn release_now(&self, limit: &Concurrency, key: &str, permit: PermitId) {
+        let now = self.inner.clock.now_nanos();
+        self.inner
+            .permits
+            .release(self.permit_hash(limit, key), permit, now);
+    }
+}
+
+fn lease_ns(limit: &Concurrency) -> u64 {
+    u64::try_from(limit.lease_time().as_nanos()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

@@ -50,3 +50,11 @@ mod tiny_memory_store {
 mod login {
     floodgate_testkit::login_tests!(super::default_store);
 }
+
+mod concurrency {
+    floodgate_testkit::concurrency_tests!(super::default_store);
+}
+
+mod tiny_concurrency {
+    floodgate_testkit::concurrency_tests!(super::tiny_store);
+}

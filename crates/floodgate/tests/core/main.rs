@@ -10,4 +10,5 @@ mod history;
 mod memory_bounds;
 mod model;
 mod notation;
+mod permits;
 mod real_clock;
