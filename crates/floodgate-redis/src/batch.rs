@@ -72,11 +72,14 @@ impl Item {
     }
 }
 
-/// Script calls and the decisions they carried, batched or not.
+/// Script calls and the decisions they carried, batched or not; permit calls.
 #[derive(Default)]
 pub(crate) struct Counters {
     pub(crate) calls: AtomicU64,
     pub(crate) decisions: AtomicU64,
+    /// Concurrency-permit script calls, and the ended leases they reclaimed.
+    pub(crate) permit_calls: AtomicU64,
+    pub(crate) reclaimed_permits: AtomicU64,
 }
 
 impl Counters {

@@ -225,6 +225,25 @@ impl Connection {
         }
     }
 
+    /// Runs `command`, an `EVALSHA` of `script` on keys of one slot (`first_key` among
+    /// them), as [`eval`](Self::eval) runs the decision script.
+    pub(crate) async fn script(
+        &self,
+        script: &LuaScript,
+        command: &redis::Cmd,
+        first_key: &str,
+    ) -> RedisResult<Value> {
+        match self {
+            Connection::Standalone(pipelines) => {
+                evalsha(command, script, &mut pipelines.next()).await
+            }
+            Connection::Sentinel(link) => link.run(None, command, Some(script)).await,
+            Connection::Cluster(connection) => {
+                cluster_script(connection, command, script, first_key).await
+            }
+        }
+    }
+
     /// Runs one command routed by its keys, following redirects like [`eval`](Self::eval).
     pub(crate) async fn query<T: redis::FromRedisValue>(
         &self,
@@ -429,6 +448,16 @@ pub(crate) static BATCH: LuaScript = LuaScript {
     source: include_str!("scripts/batch.lua"),
     sha: LazyLock::new(|| {
         Script::new(include_str!("scripts/batch.lua"))
+            .get_hash()
+            .to_owned()
+    }),
+};
+
+/// The concurrency-permit script: acquire, release and renew.
+pub(crate) static PERMIT: LuaScript = LuaScript {
+    source: include_str!("scripts/permit.lua"),
+    sha: LazyLock::new(|| {
+        Script::new(include_str!("scripts/permit.lua"))
             .get_hash()
             .to_owned()
     }),

@@ -156,10 +156,17 @@ impl Fallback {
     }
 
     pub(crate) fn policy_for(&self, policy: &Policy) -> FailurePolicy {
-        self.overrides
-            .get(policy.name())
-            .copied()
-            .unwrap_or(self.default)
+        self.policy_named(policy.name())
+    }
+
+    /// The failure policy for the policy or concurrency limit named `name`.
+    pub(crate) fn policy_named(&self, name: &str) -> FailurePolicy {
+        self.overrides.get(name).copied().unwrap_or(self.default)
+    }
+
+    /// The in-memory store behind `Local`.
+    pub(crate) fn local(&self) -> &MemoryStore {
+        &self.local
     }
 
     /// Decides `op` without Redis, after `error`, as `policy`'s failure policy says.

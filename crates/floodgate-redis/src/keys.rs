@@ -1,6 +1,6 @@
 //! Redis key layout: `{prefix}fg1{tag}{limit}`.
 
-use floodgate::Policy;
+use floodgate::{Concurrency, Policy};
 
 /// Version of the key layout and script protocol.
 pub(crate) const LAYOUT: &str = "fg1";
@@ -30,6 +30,20 @@ pub(crate) fn keys(prefix: &str, policy: &Policy, key: &str) -> Vec<String> {
             name
         })
         .collect()
+}
+
+/// The Redis key of the permits in flight of `(limit, key)`: `{prefix}fg1{tag}p`, the tag
+/// made as a policy's (a policy of the same name and key has the same tag, and keys that
+/// end in a limit's digits instead).
+pub(crate) fn permit_key(prefix: &str, limit: &Concurrency, key: &str) -> String {
+    let tag = tag(limit.name(), key);
+    let mut name = String::with_capacity(prefix.len() + LAYOUT.len() + TAG_LEN + 3);
+    name.push_str(prefix);
+    name.push_str(LAYOUT);
+    name.push('{');
+    name.push_str(&tag);
+    name.push_str("}p");
+    name
 }
 
 /// 14 base64 digits (84 bits) of SHA-1(name, 0, key): a fixed-size hash tag that user text

@@ -109,6 +109,7 @@ mod connection;
 mod failure;
 mod keys;
 mod lease;
+mod permits;
 mod reply;
 mod sentinel;
 mod store;

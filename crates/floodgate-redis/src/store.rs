@@ -90,6 +90,11 @@ pub struct RedisStats {
     pub spent_lease_tokens: u64,
     /// See [`leased_tokens`](Self::leased_tokens).
     pub expired_lease_tokens: u64,
+    /// Concurrency-permit script calls sent (acquires, releases and renews).
+    pub permit_calls: u64,
+    /// Permits the permit script reclaimed because their lease ended unreleased (counted by
+    /// the calls of this store that found them; another node's calls count their own).
+    pub permits_reclaimed: u64,
 }
 
 impl<C: Clock> RedisStore<C> {
@@ -162,6 +167,8 @@ impl<C: Clock> RedisStore<C> {
             leased_tokens: leased,
             spent_lease_tokens: spent,
             expired_lease_tokens: expired,
+            permit_calls: self.counters.permit_calls.load(Ordering::Relaxed),
+            permits_reclaimed: self.counters.reclaimed_permits.load(Ordering::Relaxed),
         }
     }
 
@@ -328,7 +335,7 @@ impl<C: Clock> RedisStore<C> {
 
 impl<C: Clock> RedisStore<C> {
     /// A store error for `error`, saying when the outcome is unknown, without the password.
-    fn error(&self, error: &redis::RedisError) -> Error {
+    pub(crate) fn error(&self, error: &redis::RedisError) -> Error {
         if error.is_timeout() {
             return store_error(format!(
                 "{}: no reply within {:?}; the request may or may not have been applied",

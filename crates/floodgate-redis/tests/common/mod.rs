@@ -50,6 +50,19 @@ pub(crate) async fn conformance_suite(url: &str, deny_cache: usize, batching: bo
     .await;
 }
 
+/// Runs every concurrency case of the suite against the Redis at `url`, each on a fresh key
+/// prefix.
+#[allow(dead_code)]
+pub(crate) async fn concurrency_suite(url: &str) {
+    static CASE: AtomicU32 = AtomicU32::new(0);
+    floodgate_testkit::concurrency::run(|| {
+        let prefix = format!("permits{}:", CASE.fetch_add(1, Ordering::Relaxed));
+        let url = url.to_owned();
+        async move { harness(&url, &prefix, 0, true).await }
+    })
+    .await;
+}
+
 /// The host's realtime clock in nanoseconds: on one machine, the clock Redis `TIME` reads.
 #[allow(dead_code)]
 pub(crate) fn now_ns() -> u64 {
