@@ -367,7 +367,12 @@ async fn a_lost_acquire_reply_never_strands_a_permit_past_its_lease() {
     // lease.
     let closed = through(format!("redis://{}", proxy.addr()), FailurePolicy::Deny).await;
     // Loads the script: a lost reply to NOSCRIPT would mean the acquire never ran.
-    let first = closed.acquire(&db, "warm-up").await.unwrap().permit().unwrap();
+    let first = closed
+        .acquire(&db, "warm-up")
+        .await
+        .unwrap()
+        .permit()
+        .unwrap();
     first.release().await.unwrap();
     proxy.set(Fault::LoseReplies);
     let sent = Instant::now();

@@ -1,6 +1,7 @@
 //! The HTTP JSON API: `/v1/check`, `/v1/peek`, `/v1/charge`, `/v1/reset`, `/v1/policies`,
-//! the login guards' `/v1/login/attempt` and `/v1/login/result` (in [`login`]), health and
-//! metrics. Errors are `application/problem+json`.
+//! the login guards' `/v1/login/attempt` and `/v1/login/result` (in [`login`]), the
+//! concurrency limits' `/v1/acquire`, `/v1/release` and `/v1/renew` (in [`permits`]), health
+//! and metrics. Errors are `application/problem+json`.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use crate::state::{AnyStore, Served, ServedPolicy, Shared};
 mod dashboard;
 mod effective;
 mod login;
+mod permits;
 mod top;
 
 /// The largest request body accepted.
@@ -42,6 +44,9 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/dashboard/app.css", get(dashboard::style))
         .route("/v1/login/attempt", post(login::attempt))
         .route("/v1/login/result", post(login::result))
+        .route("/v1/acquire", post(permits::acquire))
+        .route("/v1/release", post(permits::release))
+        .route("/v1/renew", post(permits::renew))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -490,6 +495,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     let mut text = shared.metrics.render();
     let current = shared.served.load();
     lease_metrics(&current, &mut text);
+    permit_metrics(&shared, &current, &mut text);
     effective::limit_gauges(&current, &mut text);
     (
         [(
@@ -499,6 +505,18 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         text,
     )
         .into_response()
+}
+
+/// The `[concurrency]` families: counters by limit and outcome, permits in flight, and the
+/// leases the store reclaimed.
+fn permit_metrics(shared: &Shared, served: &Served, out: &mut String) {
+    let limits = shared.metrics.concurrency_counters();
+    let reclaimed = match served.limiter.store() {
+        AnyStore::Memory(store) => store.permits_reclaimed(),
+        AnyStore::Redis(store) => store.stats().permits_reclaimed,
+    };
+    let now = served.limiter.store().clock().now_nanos();
+    crate::permits::render(out, &limits, reclaimed, now);
 }
 
 /// `floodgate_lease_tokens_total` for the policies that lease (Redis stores only), read

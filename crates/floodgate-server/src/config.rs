@@ -25,8 +25,8 @@ mod toml_location;
 pub use crate::rules::{Domain, Domains};
 pub use envoy::{DEFAULT_MAX_FILE_BYTES, LoadOptions, MAX_FILE_BYTES_LIMIT, MAX_YAML_NODES};
 use sections::{
-    RawConfig, envoy_section, login_section, parse_store_url, policies_section, server_section,
-    store_section,
+    RawConfig, concurrency_section, envoy_section, login_section, parse_store_url,
+    policies_section, server_section, store_section,
 };
 
 /// The built-in configuration `floodgate serve` runs without `--config`: three SaaS tiers on
@@ -222,6 +222,15 @@ pub struct LoginGuardConfig {
     pub policies: Vec<Policy>,
 }
 
+/// One `[concurrency]` entry.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConcurrencyConfig {
+    /// The limit (its name is the table key).
+    pub limit: floodgate::Concurrency,
+    /// This limit's failure policy (the store's when `None`).
+    pub on_error: Option<FailurePolicy>,
+}
+
 /// A validated configuration.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -235,6 +244,8 @@ pub struct Config {
     pub policies: BTreeMap<String, PolicyConfig>,
     /// `[login]` guards, by name.
     pub login: BTreeMap<String, LoginGuardConfig>,
+    /// `[concurrency]` limits, by name.
+    pub concurrency: BTreeMap<String, ConcurrencyConfig>,
     /// The Envoy domains loaded from `[envoy] config_dir`.
     pub envoy: Domains,
     /// `[envoy] config_dir`, resolved against the config file's directory.
@@ -316,11 +327,15 @@ impl Config {
         let store = store_section(raw.store, file, dir)?;
         let policies = policies_section(raw.policies, file, store.local_share, &store.url)?;
         let login = login_section(raw.login, file, store.local_share, &policies)?;
+        let concurrency =
+            concurrency_section(raw.concurrency, file, store.local_share, &policies, &login)?;
         let (envoy, envoy_dir, envoy_options, envoy_modes) = envoy_section(raw.envoy, file, dir)?;
-        if policies.is_empty() && envoy.is_empty() && login.is_empty() {
+        if policies.is_empty() && envoy.is_empty() && login.is_empty() && concurrency.is_empty() {
             return Err(err(
                 "policies",
-                "no policies, no login guards and no Envoy domains: nothing to serve".into(),
+                "no policies, no login guards, no concurrency limits and no Envoy domains: \
+                 nothing to serve"
+                    .into(),
             ));
         }
         Ok(Config {
@@ -329,6 +344,7 @@ impl Config {
             store,
             policies,
             login,
+            concurrency,
             envoy,
             envoy_dir,
             envoy_options,
@@ -490,6 +506,18 @@ impl Config {
                 },
                 on_error_name(guard.on_error)
             );
+        }
+        for (name, c) in &self.concurrency {
+            let _ = write!(
+                out,
+                "concurrency {name}: at most {} in flight, lease {}",
+                c.limit.max(),
+                humantime::format_duration(c.limit.lease_time())
+            );
+            if let Some(on_error) = c.on_error {
+                let _ = write!(out, " (on_error {})", on_error_name(on_error));
+            }
+            let _ = writeln!(out);
         }
         if let Some(dir) = &self.envoy_dir {
             let _ = writeln!(

@@ -34,6 +34,7 @@ pub mod files;
 pub mod history;
 mod listener;
 pub mod metrics;
+pub mod permits;
 mod reload;
 pub mod request;
 mod rls;

@@ -155,6 +155,7 @@ const LISTENERS: [Listener; 2] = [Listener::Http, Listener::Grpc];
 pub struct Metrics {
     policies: ByName<PolicyCounters>,
     logins: ByName<LoginCounters>,
+    concurrency: ByName<crate::permits::ConcurrencyCounters>,
     latency: [AtomicU64; BUCKETS.len() + 1],
     latency_sum_ns: AtomicU64,
     store_errors: AtomicU64,
@@ -247,6 +248,22 @@ impl Metrics {
     /// Keeps the counters of the guards in `live` (called at reload).
     pub fn retain_logins(&self, live: &std::collections::HashSet<&str>) {
         retain(&self.logins, live);
+    }
+
+    /// The counters of concurrency limit `name`, created on first use and kept across
+    /// reloads.
+    pub fn concurrency(&self, name: &str) -> Arc<crate::permits::ConcurrencyCounters> {
+        entry(&self.concurrency, name)
+    }
+
+    /// Keeps the counters of the concurrency limits in `live` (called at reload).
+    pub fn retain_concurrency(&self, live: &std::collections::HashSet<&str>) {
+        retain(&self.concurrency, live);
+    }
+
+    /// Every concurrency limit's counters, by name.
+    pub fn concurrency_counters(&self) -> Vec<(String, Arc<crate::permits::ConcurrencyCounters>)> {
+        sorted(&self.concurrency)
     }
 
     /// Counts a connection the server closed.

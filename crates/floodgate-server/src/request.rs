@@ -179,3 +179,52 @@ pub fn login(body: &[u8], result: bool) -> Result<Login<'_>, String> {
         success: raw.success,
     })
 }
+
+/// A `/v1/acquire`, `/v1/release` or `/v1/renew` body.
+#[derive(Debug, PartialEq, Eq)]
+pub struct PermitRequest<'a> {
+    /// The concurrency limit's name (not yet looked up).
+    pub policy: Cow<'a, str>,
+    /// The key: 1 to [`MAX_KEY`] bytes.
+    pub key: Cow<'a, str>,
+    /// The permit id: required to release or renew; optional to acquire (a retry of a lost
+    /// reply sends the same one).
+    pub permit: Option<floodgate::PermitId>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPermit<'a> {
+    #[serde(borrow)]
+    policy: Cow<'a, str>,
+    #[serde(borrow)]
+    key: Cow<'a, str>,
+    #[serde(borrow, default)]
+    permit: Option<Cow<'a, str>>,
+}
+
+/// Parses a permit body; `needs_id` for a release or renew. The error is a `400`'s detail.
+pub fn permit(body: &[u8], needs_id: bool) -> Result<PermitRequest<'_>, String> {
+    let example = if needs_id {
+        r#"{"policy":"legacy-db","key":"tenant:7","permit":"<32 hex digits>"}"#
+    } else {
+        r#"{"policy":"legacy-db","key":"tenant:7"}"#
+    };
+    let raw: RawPermit<'_> = object(body, example)?;
+    check_key(&raw.key)?;
+    let permit = raw
+        .permit
+        .map(|text| {
+            text.parse::<floodgate::PermitId>()
+                .map_err(|e| e.to_string())
+        })
+        .transpose()?;
+    if needs_id && permit.is_none() {
+        return Err(format!("missing field `permit`: {example}"));
+    }
+    Ok(PermitRequest {
+        policy: raw.policy,
+        key: raw.key,
+        permit,
+    })
+}

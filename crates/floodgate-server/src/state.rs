@@ -10,8 +10,11 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use floodgate::FailurePolicy;
 use floodgate::login::LoginGuard;
-use floodgate::store::Op;
-use floodgate::{Decision, Error, MemoryStore, MonotonicClock, Policy, RateLimiter, Store};
+use floodgate::store::{Op, PermitAnswer, Releases};
+use floodgate::{
+    Concurrency, ConcurrencyStore, Decision, Error, MemoryStore, MonotonicClock, PermitId, Policy,
+    RateLimiter, Store,
+};
 use floodgate_redis::RedisStore;
 use http::HeaderValue;
 
@@ -20,6 +23,7 @@ use crate::listener::HttpLimits;
 use crate::metrics::{LoginCounters, Metrics, PolicyCounters};
 
 /// The store the server runs on, chosen once from the config URL (static dispatch).
+#[derive(Clone)]
 pub enum AnyStore {
     /// `memory://`.
     Memory(MemoryStore),
@@ -53,6 +57,57 @@ impl Store for AnyStore {
     }
 }
 
+impl ConcurrencyStore for AnyStore {
+    async fn permit_acquire(
+        &self,
+        limit: &Concurrency,
+        key: &str,
+        permit: PermitId,
+    ) -> Result<PermitAnswer, Error> {
+        match self {
+            AnyStore::Memory(s) => s.permit_acquire(limit, key, permit).await,
+            AnyStore::Redis(s) => s.permit_acquire(limit, key, permit).await,
+        }
+    }
+
+    async fn permit_release(
+        &self,
+        limit: &Concurrency,
+        key: &str,
+        permit: PermitId,
+    ) -> Result<(), Error> {
+        match self {
+            AnyStore::Memory(s) => s.permit_release(limit, key, permit).await,
+            AnyStore::Redis(s) => s.permit_release(limit, key, permit).await,
+        }
+    }
+
+    async fn permit_renew(
+        &self,
+        limit: &Concurrency,
+        key: &str,
+        permit: PermitId,
+    ) -> Result<(), Error> {
+        match self {
+            AnyStore::Memory(s) => s.permit_renew(limit, key, permit).await,
+            AnyStore::Redis(s) => s.permit_renew(limit, key, permit).await,
+        }
+    }
+
+    fn release_on_drop(
+        &self,
+        limit: &Concurrency,
+        key: &str,
+        permit: PermitId,
+        releases: &Arc<Releases>,
+    ) {
+        match self {
+            AnyStore::Memory(s) => s.release_on_drop(limit, key, permit, releases),
+            AnyStore::Redis(s) => s.release_on_drop(limit, key, permit, releases),
+        }
+    }
+}
+
 /// A policy as the HTTP API serves it.
 pub(crate) struct ServedPolicy {
     pub(crate) policy: Policy,
@@ -76,8 +131,16 @@ pub(crate) struct Served {
     pub(crate) limiter: Arc<RateLimiter<AnyStore>>,
     /// `[login]` guards, by name.
     pub(crate) logins: HashMap<String, ServedLogin>,
+    /// `[concurrency]` limits, by name.
+    pub(crate) concurrency: HashMap<String, ServedConcurrency>,
     /// `GET /v1/policies`, rendered once.
     pub(crate) policy_list: String,
+}
+
+/// A concurrency limit as the HTTP API serves it.
+pub(crate) struct ServedConcurrency {
+    pub(crate) limit: Concurrency,
+    pub(crate) counters: Arc<crate::permits::ConcurrencyCounters>,
 }
 
 /// A login guard as the HTTP API serves it.
@@ -252,6 +315,9 @@ impl Shared {
         let guards: std::collections::HashSet<&str> =
             served.logins.keys().map(String::as_str).collect();
         self.metrics.retain_logins(&guards);
+        let limits: std::collections::HashSet<&str> =
+            served.concurrency.keys().map(String::as_str).collect();
+        self.metrics.retain_concurrency(&limits);
         self.served.store(Arc::new(served));
         Ok(version)
     }
@@ -321,9 +387,23 @@ impl Served {
                 Err(e) => tracing::error!(guard = %name, error = %e, "login guard not served"),
             }
         }
+        let concurrency = config
+            .concurrency
+            .iter()
+            .map(|(name, c)| {
+                (
+                    name.clone(),
+                    ServedConcurrency {
+                        limit: c.limit.clone(),
+                        counters: metrics.concurrency(name),
+                    },
+                )
+            })
+            .collect();
         Served {
             version,
             logins,
+            concurrency,
             policy_list: format!("[{}]", list.join(",")),
             config,
             policies,
@@ -348,9 +428,15 @@ fn same_store(a: &Config, b: &Config) -> bool {
             .map(|(name, g)| (name.clone(), g.on_error))
             .collect()
     };
+    let limits = |c: &Config| -> Vec<(String, Option<FailurePolicy>)> {
+        c.concurrency
+            .iter()
+            .map(|(name, l)| (name.clone(), l.on_error))
+            .collect()
+    };
     a.store == b.store
         && (a.store.url == StoreUrl::Memory
-            || (overrides(a) == overrides(b) && guards(a) == guards(b)))
+            || (overrides(a) == overrides(b) && guards(a) == guards(b) && limits(a) == limits(b)))
 }
 
 fn origin(config: &Config) -> PathBuf {
@@ -375,6 +461,11 @@ fn redis_builder(config: &Config, url: &str) -> floodgate_redis::RedisStoreBuild
         };
         for policy in &guard.policies {
             builder = builder.on_failure_for(policy.name().to_owned(), on_failure);
+        }
+    }
+    for (name, c) in &config.concurrency {
+        if let Some(on_error) = c.on_error {
+            builder = builder.on_failure_for(name.clone(), on_error);
         }
     }
     for (name, p) in &config.policies {

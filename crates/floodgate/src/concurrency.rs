@@ -98,9 +98,9 @@ impl Concurrency {
             ));
         }
         if lease < MIN_LEASE || lease > MAX_LEASE {
+            // MIN_LEASE and MAX_LEASE, as an operator reads them.
             return Err(invalid(format!(
-                "lease {lease:?} is outside {MIN_LEASE:?} to {MAX_LEASE:?} (renew a permit to hold \
-                 it longer)"
+                "lease {lease:?} is outside 1ms to 24h (renew a permit to hold it longer)"
             )));
         }
         debug_assert!(name.len() <= MAX_NAME_LEN);
@@ -379,6 +379,16 @@ impl<S: ConcurrencyStore> Permit<S> {
     /// permit is held nowhere; releasing it does nothing).
     pub fn source(&self) -> DecisionSource {
         self.source
+    }
+
+    /// Keeps the permit held in the store but forgets it here, returning its id: nothing is
+    /// released on drop. Whoever holds the id releases it
+    /// ([`release_by_id`](crate::RateLimiter::release_by_id)) or renews it
+    /// ([`renew_by_id`](crate::RateLimiter::renew_by_id)); otherwise it ends with its lease
+    /// (a server handing permits to its clients does this).
+    pub fn detach(mut self) -> PermitId {
+        self.held = None;
+        self.id
     }
 
     /// Releases the permit now, waiting for the store to confirm. Releasing is idempotent

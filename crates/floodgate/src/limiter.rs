@@ -238,6 +238,17 @@ impl<S: ConcurrencyStore> RateLimiter<S> {
         }
     }
 
+    /// Renews the permit `id` of `limit` for `key` (see [`Permit::renew`]): its lease runs
+    /// for the limit's lease time from now, or it is [`Error::PermitExpired`].
+    pub async fn renew_by_id(
+        &self,
+        limit: &Concurrency,
+        key: &str,
+        id: PermitId,
+    ) -> Result<(), Error> {
+        self.store.permit_renew(limit, key, id).await
+    }
+
     /// Releases the permit `id` of `limit` for `key`, held here or anywhere (a permit
     /// whose acquire reply was lost, say). Idempotent: an id not in flight is a no-op.
     pub async fn release_by_id(

@@ -193,6 +193,18 @@ fn view(current: &Served, applied: SystemTime, failed: Option<&(SystemTime, Stri
             })
         })
         .collect();
+    let concurrency: Vec<Value> = config
+        .concurrency
+        .iter()
+        .map(|(name, c)| {
+            json!({
+                "name": name,
+                "max": c.limit.max(),
+                "lease_ms": u64::try_from(c.limit.lease_time().as_millis()).unwrap_or(u64::MAX),
+                "on_error": on_error_name(c.on_error.unwrap_or(config.store.on_error)),
+            })
+        })
+        .collect();
     let domains: Vec<Value> = config
         .envoy
         .iter()
@@ -213,6 +225,7 @@ fn view(current: &Served, applied: SystemTime, failed: Option<&(SystemTime, Stri
         "store": store_view,
         "policies": policies,
         "login": login,
+        "concurrency": concurrency,
         "envoy": {
             "config_dir": config.envoy_dir.as_ref().map(|p| p.display().to_string()),
             "merge_domains": config.envoy_options.merge_domains,

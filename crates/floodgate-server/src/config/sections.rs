@@ -6,15 +6,15 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use floodgate::{FailurePolicy, Policy};
+use floodgate::{Concurrency, FailurePolicy, Policy};
 use serde::Deserialize;
 
 use super::envoy::{self, LoadOptions};
 use super::toml_location::bare_or_quoted;
 use super::{
-    ConfigError, EnvoyModes, LOGIN_PREFIX, LoginGuardConfig, PolicyConfig, RESERVED_PREFIX,
-    SERVER_DEFAULT_MAX_KEYS, SERVER_DEFAULT_STORE_TIMEOUT, Secret, ServerConfig, StoreConfig,
-    StoreUrl, redact_url,
+    ConcurrencyConfig, ConfigError, EnvoyModes, LOGIN_PREFIX, LoginGuardConfig, PolicyConfig,
+    RESERVED_PREFIX, SERVER_DEFAULT_MAX_KEYS, SERVER_DEFAULT_STORE_TIMEOUT, Secret, ServerConfig,
+    StoreConfig, StoreUrl, redact_url,
 };
 use crate::files;
 use crate::listener::{DEFAULT_SHUTDOWN_GRACE, GrpcLimits, HttpLimits};
@@ -32,6 +32,8 @@ pub(super) struct RawConfig {
     pub(super) envoy: Option<RawEnvoy>,
     #[serde(default)]
     pub(super) login: BTreeMap<String, toml::Value>,
+    #[serde(default)]
+    pub(super) concurrency: BTreeMap<String, toml::Value>,
 }
 
 #[derive(Deserialize, Default)]
@@ -74,6 +76,14 @@ struct RawPolicy {
     #[serde(default)]
     shadow: bool,
     lease: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConcurrency {
+    max: i64,
+    lease: Option<String>,
+    on_error: Option<RawOnError>,
 }
 
 #[derive(Deserialize)]
@@ -573,6 +583,92 @@ pub(super) fn login_section(
         );
     }
     Ok(guards)
+}
+
+/// `[concurrency]`: named concurrency limits, each `name = { max = 20, lease = "30s" }` (or
+/// `name = 20`, the default lease). Names share the namespace of `[policies]` and `[login]`.
+pub(super) fn concurrency_section(
+    raw: BTreeMap<String, toml::Value>,
+    file: &Path,
+    local_share: Option<f64>,
+    policies: &BTreeMap<String, PolicyConfig>,
+    login: &BTreeMap<String, LoginGuardConfig>,
+) -> Result<BTreeMap<String, ConcurrencyConfig>, ConfigError> {
+    let err = |key: &str, reason: String| ConfigError::new(file, key, reason);
+    let mut limits = BTreeMap::new();
+    for (name, value) in raw {
+        let key = format!("concurrency.{}", bare_or_quoted(&name));
+        let clash = if policies.contains_key(&name) {
+            Some("a policy")
+        } else if login.contains_key(&name) {
+            Some("a login guard")
+        } else {
+            None
+        };
+        if let Some(other) = clash {
+            return Err(err(
+                &key,
+                format!(
+                    "{other} is named '{}' too: concurrency limits share the namespace of \
+                     [policies] and [login]",
+                    name.escape_debug()
+                ),
+            ));
+        }
+        for prefix in [RESERVED_PREFIX, LOGIN_PREFIX] {
+            if name.starts_with(prefix) {
+                return Err(err(
+                    &key,
+                    format!("names starting with '{prefix}' are reserved"),
+                ));
+            }
+        }
+        let raw = match value {
+            toml::Value::Integer(max) => RawConcurrency {
+                max,
+                lease: None,
+                on_error: None,
+            },
+            toml::Value::Table(table) => toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| err(&key, e.message().to_owned()))?,
+            other => {
+                return Err(err(
+                    &key,
+                    format!(
+                        "expected the most in flight (20) or a table ({{ max = 20, lease = \
+                         \"30s\" }}), got a {}",
+                        other.type_str()
+                    ),
+                ));
+            }
+        };
+        let max = u32::try_from(raw.max)
+            .ok()
+            .filter(|&max| max >= 1)
+            .ok_or_else(|| {
+                err(
+                    &format!("{key}.max"),
+                    format!("must be from 1 to {}, got {}", u32::MAX, raw.max),
+                )
+            })?;
+        let mut limit =
+            Concurrency::named(name.clone(), max).map_err(|e| err(&key, e.to_string()))?;
+        if let Some(text) = raw.lease {
+            let lease = parse_duration(&text, floodgate::concurrency::MAX_LEASE)
+                .map_err(|reason| err(&format!("{key}.lease"), reason))?;
+            limit = limit
+                .lease(lease)
+                .map_err(|e| err(&format!("{key}.lease"), e.to_string()))?;
+        }
+        let on_error = raw
+            .on_error
+            .map(|raw| failure_policy(raw, local_share))
+            .transpose()
+            .map_err(|reason| err("store.local_share", reason))?;
+        limits.insert(name, ConcurrencyConfig { limit, on_error });
+    }
+    Ok(limits)
 }
 
 /// `[envoy]`: the domains loaded from `config_dir` (resolved against `dir`), the directory,

@@ -50,6 +50,30 @@ const BAD: &[(&str, &str)] = &[
         "bad/cluster_connections.toml: store.connections: a Cluster keeps one connection per node; leave it at 1",
     ),
     (
+        "concurrency_not_a_number.toml",
+        "bad/concurrency_not_a_number.toml: concurrency.db: expected the most in flight (20) or a table ({ max = 20, lease = \"30s\" }), got a string",
+    ),
+    (
+        "concurrency_reserved_name.toml",
+        "bad/concurrency_reserved_name.toml: concurrency.\"envoy:db\": names starting with 'envoy:' are reserved",
+    ),
+    (
+        "concurrency_shares_a_policy_name.toml",
+        "bad/concurrency_shares_a_policy_name.toml: concurrency.db: a policy is named 'db' too: concurrency limits share the namespace of [policies] and [login]",
+    ),
+    (
+        "concurrency_short_lease.toml",
+        "bad/concurrency_short_lease.toml: concurrency.db.lease: invalid limit \"db: 2 in flight, lease 100µs\": lease 100µs is outside 1ms to 24h (renew a permit to hold it longer)",
+    ),
+    (
+        "concurrency_unknown_key.toml",
+        "bad/concurrency_unknown_key.toml: concurrency.db: unknown field `leases`, expected one of `max`, `lease`, `on_error`",
+    ),
+    (
+        "concurrency_zero_max.toml",
+        "bad/concurrency_zero_max.toml: concurrency.db.max: must be from 1 to 4294967295, got 0",
+    ),
+    (
         "empty_admin_token.toml",
         "bad/empty_admin_token.toml: server.admin_token: must not be empty (remove the key to leave /v1/reset open)",
     ),
@@ -123,7 +147,7 @@ const BAD: &[(&str, &str)] = &[
     ),
     (
         "nothing_to_serve.toml",
-        "bad/nothing_to_serve.toml: policies: no policies, no login guards and no Envoy domains: nothing to serve",
+        "bad/nothing_to_serve.toml: policies: no policies, no login guards, no concurrency limits and no Envoy domains: nothing to serve",
     ),
     (
         "policy_local_without_share.toml",
@@ -183,7 +207,7 @@ const BAD: &[(&str, &str)] = &[
     ),
     (
         "unknown_section.toml",
-        "bad/unknown_section.toml: serverr: line 1: unknown field `serverr`, expected one of `server`, `store`, `policies`, `envoy`, `login`",
+        "bad/unknown_section.toml: serverr: line 1: unknown field `serverr`, expected one of `server`, `store`, `policies`, `envoy`, `login`, `concurrency`",
     ),
     (
         "zero_burst.toml",
@@ -273,6 +297,8 @@ fn check_config_prints_the_resolved_config_with_secrets_redacted() {
         "policy free: 5/s burst 10; 1000/d",
         "policy login: 5/m; 20/d (on_error deny)",
         "policy search: 10/s (on_error local) (shadow)",
+        "concurrency exports: at most 5 in flight, lease 30s",
+        "concurrency legacy-db: at most 20 in flight, lease 30s (on_error deny)",
         "login web: per_ip 30/m, per_user 10/m; 100/d, per_pair 5/m, 3 strikes in 15m lock for 1m, 5m, 15m (one level forgotten per 1h), known devices for 30days, secret not set, on_error deny",
         "login api: per_ip 100/m, per_user 20/m; 200/d, per_pair 10/m, 5 strikes in 10m lock for 30s, 2m, 10m, 1h (one level forgotten per 2h), known devices for 14days, secret set (redacted), on_error local",
         "envoy domain test-domain: 10 rate limits (from ../envoy/valid/basic_config.yaml)",

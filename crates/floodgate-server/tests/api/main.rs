@@ -16,4 +16,5 @@ mod http_api;
 mod inspect;
 mod login;
 mod parsers;
+mod permits;
 mod top;
