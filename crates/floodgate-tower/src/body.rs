@@ -9,11 +9,29 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
 pin_project_lite::pin_project! {
-    /// The inner service's body, or floodgate's own.
+    /// The inner service's body, or floodgate's own; it may hold a concurrency permit,
+    /// released when the body ends (or is dropped).
     #[derive(Debug)]
     pub struct LimitBody<B> {
         #[pin]
         kind: Kind<B>,
+        hold: Option<Hold>,
+    }
+}
+
+/// What a body keeps alive until it ends: a [`ConcurrencyLimit`](crate::ConcurrencyLimit)'s
+/// permit.
+pub(crate) struct Hold(#[allow(dead_code)] Box<dyn Send + Sync>);
+
+impl Hold {
+    pub(crate) fn new(held: impl Send + Sync + 'static) -> Self {
+        Hold(Box::new(held))
+    }
+}
+
+impl std::fmt::Debug for Hold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hold")
     }
 }
 
@@ -31,7 +49,14 @@ impl<B> LimitBody<B> {
     pub fn inner(body: B) -> Self {
         LimitBody {
             kind: Kind::Inner { body },
+            hold: None,
         }
+    }
+
+    /// The same body, keeping `hold` until its last frame has been read or it is dropped.
+    pub(crate) fn holding(mut self, hold: Hold) -> Self {
+        self.hold = Some(hold);
+        self
     }
 
     /// A body floodgate writes (a rejection).
@@ -40,6 +65,7 @@ impl<B> LimitBody<B> {
             kind: Kind::Own {
                 bytes: Some(bytes).filter(|b| !b.is_empty()),
             },
+            hold: None,
         }
     }
 }
@@ -52,10 +78,17 @@ impl<B: Body<Data = Bytes>> Body for LimitBody<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        match self.project().kind.project() {
+        let this = self.project();
+        let frame = match this.kind.project() {
             KindProj::Inner { body } => body.poll_frame(cx),
             KindProj::Own { bytes } => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+        };
+        // The body has ended (or failed): what it held is released now, not when the
+        // server gets round to dropping it.
+        if matches!(frame, Poll::Ready(None | Some(Err(_)))) {
+            this.hold.take();
         }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {

@@ -10,6 +10,13 @@
 //! inner service's body, or floodgate's own rejection — any inner body whose data is
 //! `Bytes` works (axum's, hyper's, tonic's).
 //!
+//! [`ConcurrencyLimitLayer`] caps the requests in flight per key instead (a fragile
+//! database behind an endpoint, exports per tenant): each request holds a permit of a
+//! [`floodgate::Concurrency`] limit until its response body ends; one that finds the limit
+//! full gets `503 Service Unavailable` with `Retry-After` (gRPC: `RESOURCE_EXHAUSTED`) and
+//! `RateLimit-Policy: "name";q=max;qu="concurrent-requests"`. On the Redis store the cap
+//! holds across every process.
+//!
 //! ```
 //! use std::convert::Infallible;
 //! use std::sync::Arc;
@@ -44,6 +51,7 @@
 //! `metrics` recorder (a Prometheus exporter, say) to collect them.
 
 mod body;
+mod concurrency;
 mod future;
 pub mod headers;
 mod key;
@@ -52,6 +60,7 @@ mod response;
 mod service;
 
 pub use body::LimitBody;
+pub use concurrency::{ConcurrencyLimit, ConcurrencyLimitLayer};
 pub use future::ResponseFuture;
 pub use headers::HeaderMode;
 pub use key::{Composite, HeaderValue, KeyExtractor, PeerAddr, PeerIp, RequestInfo, Route};
