@@ -1,15 +1,22 @@
-//! Background job throttling: workers call a fragile upstream no faster than it can take.
+//! Background job throttling: workers call a fragile upstream no faster than it can take,
+//! then write to a legacy database no more than a few at a time.
 //!
-//! A simulated upstream listens on `BIND` (default `127.0.0.1:3000`) and takes 10 calls a
-//! second, answering `429` with `Retry-After` past that. Eight workers work through 60 jobs,
-//! each waiting for capacity with `until_ready` before calling it, so the upstream never
-//! sees more than its limit; if it answers 429 anyway (its limit is lower than we were told,
-//! or another fleet shares it), every worker backs off for the `Retry-After` it sent. With
-//! `REDIS_URL` set the workers' limiter lives in Redis, so worker processes on several
-//! machines share the upstream's budget.
+//! Stage 1, a rate: a simulated upstream listens on `BIND` (default `127.0.0.1:3000`) and
+//! takes 10 calls a second, answering `429` with `Retry-After` past that. Eight workers work
+//! through 60 jobs, each waiting for capacity with `until_ready` before calling it, so the
+//! upstream never sees more than its limit; if it answers 429 anyway (its limit is lower than
+//! we were told, or another fleet shares it), every worker backs off for the `Retry-After` it
+//! sent.
+//!
+//! Stage 2, a concurrency limit: a simulated legacy database (a TCP server next to the
+//! upstream) is overwhelmed by calls *in flight*, so every write holds a permit of the
+//! `legacy-db` limit (3 at once) from `acquire_wait`. With `REDIS_URL` set both limits live in
+//! Redis, and `PROCESSES=N` runs stage 2 in N worker processes (this example started again):
+//! the database still never sees more than 3 writes at once, across all of them.
 //!
 //! ```text
 //! cargo run -p floodgate-tower --example job_throttle
+//! REDIS_URL=redis://127.0.0.1:6379 PROCESSES=3 cargo run -p floodgate-tower --example job_throttle
 //! ```
 
 use std::future::Future;
@@ -17,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use floodgate::{Clock, MemoryStore, Policy, RateLimiter, Store};
+use floodgate::{Clock, Concurrency, ConcurrencyStore, MemoryStore, Policy, RateLimiter, Store};
 
 /// What the upstream answered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -158,6 +165,117 @@ pub(crate) async fn run_jobs<S: Store, U: Upstream>(
     }
 }
 
+/// The legacy database: at most `max` writes in flight, which it cannot enforce itself.
+pub(crate) fn legacy_db(max: u32) -> Result<Concurrency, floodgate::Error> {
+    // A worker that dies mid-write frees its slot within 10 s.
+    Concurrency::named("legacy-db", max)?.lease(Duration::from_secs(10))
+}
+
+/// Something that takes writes (the simulated legacy database, in-process or over TCP).
+pub(crate) trait Database: Clone + Send + Sync + 'static {
+    fn write(&self) -> impl Future<Output = ()> + Send;
+}
+
+/// The simulated legacy database: each write takes `hold`; it counts the writes in flight
+/// and the most it ever saw at once.
+#[derive(Clone)]
+pub(crate) struct Legacy {
+    hold: Duration,
+    in_flight: Arc<AtomicU64>,
+    pub(crate) most: Arc<AtomicU64>,
+    pub(crate) writes: Arc<AtomicU64>,
+}
+
+impl Legacy {
+    pub(crate) fn new(hold: Duration) -> Self {
+        Legacy {
+            hold,
+            in_flight: Arc::default(),
+            most: Arc::default(),
+            writes: Arc::default(),
+        }
+    }
+
+    /// Serves writes over TCP on `listener`: one connection, one write, answered `ok`.
+    pub(crate) async fn serve(self, listener: tokio::net::TcpListener) {
+        use tokio::io::AsyncWriteExt;
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let db = self.clone();
+            tokio::spawn(async move {
+                db.write().await;
+                let _ = stream.write_all(b"ok").await;
+            });
+        }
+    }
+}
+
+impl Database for Legacy {
+    async fn write(&self) {
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.most.fetch_max(now, Ordering::SeqCst);
+        tokio::time::sleep(self.hold).await;
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The legacy database over TCP (from a worker process).
+#[derive(Clone)]
+pub(crate) struct Remote {
+    pub(crate) addr: std::net::SocketAddr,
+}
+
+impl Database for Remote {
+    async fn write(&self) {
+        use tokio::io::AsyncReadExt;
+        if let Ok(mut stream) = tokio::net::TcpStream::connect(self.addr).await {
+            let mut reply = [0u8; 2];
+            let _ = stream.read_exact(&mut reply).await;
+        }
+    }
+}
+
+/// `workers` tasks write `jobs` results to `db`, each write under a permit of `limit`
+/// (waiting for one with `acquire_wait`, released as soon as the write returns).
+pub(crate) async fn write_results<S: ConcurrencyStore, D: Database>(
+    limiter: Arc<RateLimiter<S>>,
+    limit: Concurrency,
+    db: D,
+    jobs: u64,
+    workers: usize,
+) -> u64 {
+    let next_job = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..workers)
+        .map(|_| {
+            let (limiter, limit, db) = (Arc::clone(&limiter), limit.clone(), db.clone());
+            let (next_job, done) = (Arc::clone(&next_job), Arc::clone(&done));
+            tokio::spawn(async move {
+                while next_job.fetch_add(1, Ordering::Relaxed) < jobs {
+                    let permit = loop {
+                        match limiter
+                            .acquire_wait(&limit, "legacy-db", Duration::from_secs(60))
+                            .await
+                        {
+                            Ok(permit) => break permit,
+                            // Timed out, or the store failed: try again shortly.
+                            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                        }
+                    };
+                    db.write().await;
+                    // An unreleased permit would end with its lease anyway.
+                    let _ = permit.release().await;
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        let _ = task.await;
+    }
+    done.load(Ordering::Relaxed)
+}
+
 /// The upstream over HTTP: `GET /call` on `addr`, a minimal HTTP/1.1 client.
 #[derive(Clone)]
 struct Http {
@@ -199,9 +317,25 @@ impl Upstream for Http {
     }
 }
 
+/// Stage 2 in a worker process started by `main` (`JOB_THROTTLE_DB` set): its share of the
+/// writes, on the Redis store.
+async fn worker_process(db: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let url = std::env::var("REDIS_URL")?;
+    let jobs: u64 = std::env::var("JOB_THROTTLE_JOBS")?.parse()?;
+    let store = floodgate_redis::RedisStore::connect(&url).await?;
+    let limiter = Arc::new(RateLimiter::new(store));
+    let db = Remote { addr: db.parse()? };
+    let done = write_results(limiter, legacy_db(3)?, db, jobs, 4).await;
+    println!("worker {}: {done} writes", std::process::id());
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     use axum::routing::get;
+    if let Ok(db) = std::env::var("JOB_THROTTLE_DB") {
+        return worker_process(&db).await;
+    }
     let bind = std::env::var("BIND").unwrap_or_else(|_| "127.0.0.1:3000".to_owned());
     let fragile = Fragile::new(floodgate::MonotonicClock::new(), "10/s burst 2")?;
     let handler = {
@@ -258,6 +392,49 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         fragile.served.load(Ordering::Relaxed),
         fragile.refused.load(Ordering::Relaxed),
         report.backoffs
+    );
+
+    // Stage 2: 60 writes to the legacy database, at most 3 in flight.
+    let db = Legacy::new(Duration::from_millis(50));
+    let db_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let db_addr = db_listener.local_addr()?;
+    tokio::spawn(db.clone().serve(db_listener));
+    let started = std::time::Instant::now();
+    let processes: u64 = std::env::var("PROCESSES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1);
+    match std::env::var("REDIS_URL") {
+        Ok(_) if processes > 1 => {
+            let exe = std::env::current_exe()?;
+            let children: Vec<_> = (0..processes)
+                .map(|_| {
+                    std::process::Command::new(&exe)
+                        .env("JOB_THROTTLE_DB", db_addr.to_string())
+                        .env("JOB_THROTTLE_JOBS", (60 / processes).to_string())
+                        .spawn()
+                })
+                .collect::<Result<_, _>>()?;
+            for mut child in children {
+                child.wait()?;
+            }
+        }
+        Ok(url) => {
+            let store = floodgate_redis::RedisStore::connect(&url).await?;
+            let limiter = Arc::new(RateLimiter::new(store));
+            write_results(limiter, legacy_db(3)?, Remote { addr: db_addr }, 60, 8).await;
+        }
+        Err(_) => {
+            let limiter = Arc::new(RateLimiter::in_memory());
+            write_results(limiter, legacy_db(3)?, Remote { addr: db_addr }, 60, 8).await;
+        }
+    }
+    println!(
+        "{} writes to the legacy database in {:.1} s from {processes} process(es); at most {} \
+         in flight at once (limit 3)",
+        db.writes.load(Ordering::Relaxed),
+        started.elapsed().as_secs_f64(),
+        db.most.load(Ordering::Relaxed)
     );
     Ok(())
 }
