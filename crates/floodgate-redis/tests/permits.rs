@@ -418,3 +418,41 @@ async fn a_lost_acquire_reply_never_strands_a_permit_past_its_lease() {
     assert!(check.acquire(&db, key).await.unwrap().is_acquired());
     drop(permit);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_redis_loses_its_state_at_most_twice_max_are_held_and_old_permits_cannot_renew() {
+    let mut server = RedisServer::start();
+    let limiter = through(server.url(), FailurePolicy::Error).await;
+    let db = Concurrency::named("db", 2)
+        .unwrap()
+        .lease(Duration::from_secs(5))
+        .unwrap();
+    let mut old = Vec::new();
+    for _ in 0..2 {
+        old.push(limiter.acquire(&db, "k").await.unwrap().permit().unwrap());
+    }
+    assert!(!limiter.acquire(&db, "k").await.unwrap().is_acquired());
+    server.restart(); // empty: every permit forgotten
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let first = loop {
+        match limiter.acquire(&db, "k").await {
+            Ok(acquisition) => break acquisition.permit().expect("the restarted Redis is empty"),
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("no service after the restart: {e}"),
+        }
+    };
+    let second = limiter.acquire(&db, "k").await.unwrap().permit().unwrap();
+    // Two from before the loss, two after: 2·max, and not one more.
+    match limiter.acquire(&db, "k").await.unwrap() {
+        Acquisition::Full(full) => assert_eq!(full.in_flight, 2),
+        Acquisition::Acquired(p) => panic!("a fifth permit: {p:?}"),
+    }
+    // The holders from before cannot extend their leases: they stop by their expires_at.
+    for permit in &mut old {
+        let error = permit.renew().await.unwrap_err();
+        assert!(matches!(error, Error::PermitExpired { .. }), "{error}");
+    }
+    drop((first, second, old));
+}

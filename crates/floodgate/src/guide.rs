@@ -230,3 +230,61 @@
 //! lockout lasts at least its length and at most the longest length plus 1 ms (the charge
 //! cap of one burst of debt). The test kit's `login` cases check every rule above on the memory store
 //! and on Redis.
+//!
+//! ## Concurrency limits
+//!
+//! A [`Concurrency`](crate::Concurrency) limit caps the permits *in flight* per key: a
+//! fragile database is overwhelmed by twenty slow queries at once, whatever their rate. The
+//! store keeps, per `(limit, key)`, the set of permit ids in flight, each with the end of its
+//! lease on the store's clock (the memory store: its clock, under one shard lock; Redis: a
+//! sorted set scored by lease end on Redis's `TIME`, changed only by one script per
+//! operation). Every operation first drops the entries whose end is at or before now; an
+//! acquire then adds its id only if fewer than `max` entries remain (an id already present
+//! is renewed instead); a release removes its id; a renew moves an existing id's end to
+//! `now + L` and fails with [`Error::PermitExpired`](crate::Error::PermitExpired) when the id
+//! is gone. Each operation is atomic per key, so **at every instant the store holds at most
+//! `max` entries whose end is in the future**.
+//!
+//! A holder uses its permit over `[acquire answered, release sent]`, and never past
+//! [`expires_at`](crate::Permit::expires_at) = the moment the acquire (or the last renew)
+//! was *sent*, plus `L`. Assuming the holder's and the store's clocks advance at the same
+//! rate (on one machine they are the same clock; across machines, NTP-disciplined clocks
+//! drift microseconds per second, which a lease of seconds absorbs if holders keep a small
+//! margin):
+//!
+//! - **While the store keeps its state, at most `max` holders use a permit at once.** The
+//!   store applied the acquire after it was sent, so the entry's end (applied + `L`) is no
+//!   earlier than the holder's `expires_at`; the release is applied after it was sent. So
+//!   over the whole interval the holder uses it, the holder's entry is in the store with an
+//!   end in the future: holders in use at an instant are a subset of the entries in force
+//!   then, at most `max`. A renew keeps this (its entry moves to renew-applied + `L`, after
+//!   the holder's new `expires_at`); a renew that finds the entry gone fails, and the holder
+//!   was never entitled past the old `expires_at` anyway. An acquire retried with the same
+//!   id (its reply lost) holds one entry: one slot.
+//! - **A holder that dies frees its slot when its lease ends, never later and never
+//!   earlier**: its entry ends at applied + `L`, the first operation on the key after that
+//!   drops it, and until then it is counted. A permit whose acquire reply was lost occupies
+//!   a slot the same way, for at most `L`; when a failure policy granted the caller a permit
+//!   under the same id meanwhile, that permit's release removes it.
+//! - **After a state-losing restart or failover, at most `2·max` until the permits granted
+//!   before it end.** At the loss (time `t₀`) at most `max` holders are in use; each stops by
+//!   its `expires_at ≤ t₀ + L` unless it renews, and a renew after `t₀` finds no entry and
+//!   fails. New grants after `t₀` obey the invariant above among themselves: at most `max`.
+//!   So in flight ≤ `2·max` during `[t₀, t₀ + L]` and ≤ `max` after (each further loss
+//!   within one lease adds at most `max` more).
+//! - **Under the `Local` failure policy** each node grants at most `max(1, ⌊max·share⌋)`
+//!   permits from its own memory while Redis is unreachable, plus the at most `max` granted
+//!   by Redis before the outage until their leases end; with `n` nodes and `share = 1/n`,
+//!   about `2·max` at worst. `Allow` grants without limit (and without holding anything);
+//!   `Deny` grants nothing.
+//! - **The memory store never drops a held permit to make room**: permits live apart from
+//!   the rate-limit table and are never evicted; at `max_keys` keys with permits in flight
+//!   (after dropping ended leases) an acquire for a new key is refused and counted
+//!   ([`MemoryStore::permits_refused_at_cap`](crate::MemoryStore::permits_refused_at_cap)).
+//!
+//! [`acquire_wait`](crate::RateLimiter::acquire_wait) is woken at once by a release through
+//! the same limiter, and polls the store for releases elsewhere (2 ms at first, doubling to
+//! 250 ms, never past the earliest lease end the store reported). A dropped permit is
+//! released at once on the memory store and by a spawned task elsewhere; with no tokio
+//! runtime to run it, it ends with its lease. Permit ids are 128 random bits from the
+//! operating system, so one holder cannot guess another's id to release it.
