@@ -8,10 +8,12 @@
 //! `cargo bench -p floodgate-bench -- redis` measures the Redis store instead,
 //! against `redis-benchmark` on a `redis-server` it starts itself; `-- middleware` measures
 //! the tower layer's overhead on an axum route with `wrk`; `-- server` measures the floodgate
-//! server's HTTP and gRPC APIs beside bare routes (`wrk` too).
+//! server's HTTP and gRPC APIs beside bare routes (`wrk` too); `-- concurrency` measures
+//! concurrency permits (memory and Redis) beside tower's `ConcurrencyLimit`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // a benchmark stops at its first failure
 
+mod concurrency;
 mod middleware;
 mod redis;
 mod server;
@@ -308,6 +310,13 @@ fn main() {
         server::run(
             flag("--runs").map_or(3, |r| r.max(1) as usize),
             flag("--seconds").unwrap_or(3),
+        );
+        return;
+    }
+    if args.get(1).is_some_and(|a| a == "concurrency") {
+        concurrency::run(
+            flag("--runs").map_or(if quick { 1 } else { 5 }, |r| r.max(1) as usize),
+            flag("--millis").unwrap_or(if quick { 100 } else { 1_000 }),
         );
         return;
     }

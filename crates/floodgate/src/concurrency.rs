@@ -166,6 +166,28 @@ pub struct PermitId(u128);
 impl PermitId {
     /// A fresh id from the operating system's random source.
     pub fn random() -> Self {
+        // OS randomness, fetched 4 KiB at a time per thread: one system call per 256 ids.
+        thread_local! {
+            static POOL: std::cell::RefCell<([u8; 4096], usize)> =
+                const { std::cell::RefCell::new(([0; 4096], 4096)) };
+        }
+        let pooled = POOL.with(|pool| {
+            let mut pool = pool.borrow_mut();
+            let (bytes, used) = &mut *pool;
+            if *used == bytes.len() {
+                getrandom::fill(bytes).ok()?;
+                *used = 0;
+            }
+            let mut id = [0u8; 16];
+            id.copy_from_slice(&bytes[*used..*used + 16]);
+            // Each id's bytes are handed out once.
+            bytes[*used..*used + 16].fill(0);
+            *used += 16;
+            Some(id)
+        });
+        if let Some(bytes) = pooled {
+            return PermitId(u128::from_le_bytes(bytes));
+        }
         let mut bytes = [0u8; 16];
         if getrandom::fill(&mut bytes).is_err() {
             // No OS randomness (never seen on supported platforms): fall back to a keyed
@@ -448,6 +470,9 @@ impl<S: ConcurrencyStore> fmt::Debug for Permit<S> {
 #[derive(Default)]
 pub struct Releases {
     epoch: AtomicU64,
+    /// Wakers registered in `waiters` (kept equal to its size under its lock), so that a
+    /// release with nobody waiting takes no lock.
+    waiting: AtomicU64,
     waiters: Mutex<Waiters>,
 }
 
@@ -460,15 +485,27 @@ struct Waiters {
 impl Releases {
     /// A permit was released on this node: wake every waiter.
     pub fn notify(&self) {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
-        let wakers: Vec<Waker> = lock(&self.waiters).wakers.drain().map(|(_, w)| w).collect();
+        // SeqCst pairs with a waiter's registration: it counts itself in `waiting`, then
+        // reads the epoch; this bumps the epoch, then reads `waiting`. One of the two sees
+        // the other's write, so a waiter is never missed.
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        if self.waiting.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        let wakers: Vec<Waker> = {
+            let mut waiters = lock(&self.waiters);
+            let wakers: Vec<Waker> = waiters.wakers.drain().map(|(_, w)| w).collect();
+            self.waiting
+                .fetch_sub(wakers.len() as u64, Ordering::SeqCst);
+            wakers
+        };
         for waker in wakers {
             waker.wake();
         }
     }
 
     pub(crate) fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::Acquire)
+        self.epoch.load(Ordering::SeqCst)
     }
 
     /// Completes once a release after `epoch` happened (or at once if one did).
@@ -512,7 +549,9 @@ impl Future for Released {
                 waiters.next
             }
         };
-        waiters.wakers.insert(ticket, cx.waker().clone());
+        if waiters.wakers.insert(ticket, cx.waker().clone()).is_none() {
+            releases.waiting.fetch_add(1, Ordering::SeqCst);
+        }
         drop(waiters);
         self.ticket = Some(ticket);
         // A release between the first check and the registration would be missed: look again.
@@ -526,7 +565,10 @@ impl Future for Released {
 impl Drop for Released {
     fn drop(&mut self) {
         if let Some(ticket) = self.ticket {
-            lock(&self.releases.waiters).wakers.remove(&ticket);
+            let mut waiters = lock(&self.releases.waiters);
+            if waiters.wakers.remove(&ticket).is_some() {
+                self.releases.waiting.fetch_sub(1, Ordering::SeqCst);
+            }
         }
     }
 }

@@ -22,7 +22,30 @@ struct Holder {
 }
 
 /// One shard: the permits in flight per key hash.
-type Shard = Mutex<HashMap<u64, Vec<Holder>>>;
+type Shard = Mutex<Keys>;
+
+/// Empty holder lists a shard keeps for reuse, so a key whose permits come and go does not
+/// allocate each time its first permit is taken.
+const SPARE: usize = 32;
+
+#[derive(Default)]
+struct Keys {
+    keys: HashMap<u64, Vec<Holder>>,
+    spare: Vec<Vec<Holder>>,
+}
+
+impl Keys {
+    /// Drops `hash`'s entry if it holds no permit, keeping its allocation for reuse.
+    fn drop_if_empty(&mut self, hash: u64) {
+        if self.keys.get(&hash).is_some_and(Vec::is_empty) {
+            if let Some(list) = self.keys.remove(&hash) {
+                if self.spare.len() < SPARE {
+                    self.spare.push(list);
+                }
+            }
+        }
+    }
+}
 
 pub(super) struct Permits {
     shards: Box<[Shard]>,
@@ -35,7 +58,7 @@ pub(super) struct Permits {
 impl Permits {
     pub(super) fn new(max_keys: usize) -> Self {
         Permits {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Keys::default())).collect(),
             keys_per_shard: max_keys.div_ceil(SHARDS).max(1),
             refused: AtomicU64::new(0),
             reclaimed: AtomicU64::new(0),
@@ -57,13 +80,15 @@ impl Permits {
     ) -> PermitAnswer {
         let id = id.as_u128();
         let ends = now.saturating_add(lease_ns);
-        let mut shard = lock(self.shard(hash));
-        if !shard.contains_key(&hash) && shard.len() >= self.keys_per_shard {
-            let reclaimed = sweep(&mut shard, now);
+        let mut guard = lock(self.shard(hash));
+        let shard = &mut *guard;
+        if !shard.keys.contains_key(&hash) && shard.keys.len() >= self.keys_per_shard {
+            let reclaimed = sweep(&mut shard.keys, now);
             self.count_reclaimed(reclaimed);
-            if shard.len() >= self.keys_per_shard {
+            if shard.keys.len() >= self.keys_per_shard {
                 self.refused.fetch_add(1, Ordering::Relaxed);
                 let earliest = shard
+                    .keys
                     .values()
                     .flat_map(|holders| holders.iter().map(|h| h.ends))
                     .min()
@@ -71,7 +96,11 @@ impl Permits {
                 return PermitAnswer::full(0, wait(earliest, now));
             }
         }
-        let holders = shard.entry(hash).or_default();
+        let spare = &mut shard.spare;
+        let holders = shard
+            .keys
+            .entry(hash)
+            .or_insert_with(|| spare.pop().unwrap_or_default());
         let reclaimed = drop_ended(holders, now);
         let answer = if let Some(held) = holders.iter_mut().find(|h| h.id == id) {
             // A retried acquire: the same permit, its lease renewed.
@@ -84,10 +113,8 @@ impl Permits {
             let earliest = holders.iter().map(|h| h.ends).min().unwrap_or(ends);
             PermitAnswer::full(count(holders.len()), wait(earliest, now))
         };
-        if holders.is_empty() {
-            shard.remove(&hash);
-        }
-        drop(shard);
+        shard.drop_if_empty(hash);
+        drop(guard);
         self.count_reclaimed(reclaimed);
         answer.with_source(DecisionSource::Store)
     }
@@ -95,14 +122,14 @@ impl Permits {
     /// Releases `id` if it is in flight.
     pub(super) fn release(&self, hash: u64, id: PermitId, now: u64) {
         let mut shard = lock(self.shard(hash));
-        let Some(holders) = shard.get_mut(&hash) else {
+        let Some(holders) = shard.keys.get_mut(&hash) else {
             return;
         };
         let reclaimed = drop_ended(holders, now);
-        holders.retain(|h| h.id != id.as_u128());
-        if holders.is_empty() {
-            shard.remove(&hash);
+        if let Some(at) = holders.iter().position(|h| h.id == id.as_u128()) {
+            holders.swap_remove(at);
         }
+        shard.drop_if_empty(hash);
         drop(shard);
         self.count_reclaimed(reclaimed);
     }
@@ -118,15 +145,13 @@ impl Permits {
         let mut shard = lock(self.shard(hash));
         let mut found = false;
         let mut reclaimed = 0;
-        if let Some(holders) = shard.get_mut(&hash) {
+        if let Some(holders) = shard.keys.get_mut(&hash) {
             reclaimed = drop_ended(holders, now);
             if let Some(held) = holders.iter_mut().find(|h| h.id == id.as_u128()) {
                 held.ends = now.saturating_add(lease_ns);
                 found = true;
             }
-            if holders.is_empty() {
-                shard.remove(&hash);
-            }
+            shard.drop_if_empty(hash);
         }
         drop(shard);
         self.count_reclaimed(reclaimed);
@@ -140,14 +165,14 @@ impl Permits {
     /// Permits in flight for the key hashed to `hash` at `now`.
     pub(super) fn in_flight(&self, hash: u64, now: u64) -> u32 {
         let shard = lock(self.shard(hash));
-        shard.get(&hash).map_or(0, |holders| {
+        shard.keys.get(&hash).map_or(0, |holders| {
             count(holders.iter().filter(|h| h.ends > now).count())
         })
     }
 
     /// Keys with permits in flight (or ended but not yet dropped).
     pub(super) fn keys(&self) -> usize {
-        self.shards.iter().map(|s| lock(s).len()).sum()
+        self.shards.iter().map(|s| lock(s).keys.len()).sum()
     }
 
     pub(super) fn refused(&self) -> u64 {
