@@ -180,3 +180,39 @@ async fn the_fields_sent_are_structured_field_lists_with_the_quota_unit() {
         .map(i64::from);
     assert_eq!(quota, Some(5));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_failure_follows_on_store_error() {
+    use floodgate_redis::{FailurePolicy, RedisStore};
+    use floodgate_tower::OnStoreError;
+    let mut server = floodgate_testkit::redis_server::RedisServer::start();
+    let store = RedisStore::builder(&server.url())
+        .timeout(std::time::Duration::from_millis(300))
+        .on_failure(FailurePolicy::Error)
+        .build()
+        .await
+        .unwrap();
+    let limiter = Arc::new(RateLimiter::new(store));
+    let limit = Concurrency::named("exports", 1).unwrap();
+    let inner = service_fn(|_request: Request<()>| async {
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"report"))))
+    });
+    let layer = |outcome| {
+        ConcurrencyLimitLayer::new(limiter.clone(), limit.clone()).on_store_error(outcome)
+    };
+    let mut open = tower::util::BoxCloneService::new(layer(OnStoreError::Allow).layer(inner));
+    let mut closed = tower::util::BoxCloneService::new(layer(OnStoreError::Deny).layer(inner));
+    assert_eq!(
+        send(&mut closed, from("192.0.2.1")).await.status(),
+        StatusCode::OK
+    );
+    server.kill();
+    let refused = send(&mut closed, from("192.0.2.1")).await;
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    // Let through unlimited: nothing is held, so nothing is released later.
+    assert_eq!(
+        send(&mut open, from("192.0.2.1")).await.status(),
+        StatusCode::OK
+    );
+}
