@@ -24,7 +24,7 @@ use crate::future::ResponseFuture;
 use crate::headers::{self, HeaderMode, ceil_secs, problem_json};
 use crate::key::{KeyExtractor, PeerIp, RequestInfo};
 use crate::layer::{MissingKey, OnStoreError};
-use crate::response::plain;
+use crate::response::{grpc_exhausted, plain};
 
 struct Shared<S: ConcurrencyStore> {
     limiter: Arc<RateLimiter<S>>,
@@ -289,23 +289,7 @@ fn full_response<S: ConcurrencyStore, B>(
 ) -> Response<LimitBody<B>> {
     let retry = ceil_secs(full.retry_after).max(1);
     let mut response = if grpc {
-        let mut response = Response::new(LimitBody::own(Bytes::new()));
-        let headers = response.headers_mut();
-        headers.insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/grpc"),
-        );
-        headers.insert("grpc-status", HeaderValue::from_static("8"));
-        headers.insert(
-            "grpc-message",
-            HeaderValue::from_static("concurrency%20limit%20reached"),
-        );
-        let millis = full.retry_after.as_nanos().div_ceil(1_000_000);
-        headers.insert(
-            "grpc-retry-pushback-ms",
-            HeaderValue::from(u64::try_from(millis).unwrap_or(u64::MAX)),
-        );
-        response
+        grpc_exhausted("concurrency%20limit%20reached", full.retry_after)
     } else {
         let name = member(&shared.limit);
         let mut violated = String::from("\"violated-policies\":[");

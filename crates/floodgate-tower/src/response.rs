@@ -36,6 +36,17 @@ pub(crate) fn resource_exhausted<B>(
     policy: &Policy,
     decision: &Decision,
 ) -> Response<LimitBody<B>> {
+    let mut response = grpc_exhausted("rate%20limit%20exceeded", decision.retry_after());
+    headers::insert(response.headers_mut(), mode, policy, decision);
+    response
+}
+
+/// A trailers-only gRPC `RESOURCE_EXHAUSTED` with `message` (percent-encoded) and the wait
+/// as `grpc-retry-pushback-ms` and `retry-after`.
+pub(crate) fn grpc_exhausted<B>(
+    message: &'static str,
+    retry_after: std::time::Duration,
+) -> Response<LimitBody<B>> {
     let mut response = Response::new(LimitBody::own(Bytes::new()));
     let headers = response.headers_mut();
     headers.insert(
@@ -43,20 +54,16 @@ pub(crate) fn resource_exhausted<B>(
         HeaderValue::from_static("application/grpc"),
     );
     headers.insert("grpc-status", HeaderValue::from_static("8"));
-    headers.insert(
-        "grpc-message",
-        HeaderValue::from_static("rate%20limit%20exceeded"),
-    );
-    let millis = decision.retry_after().as_nanos().div_ceil(1_000_000);
+    headers.insert("grpc-message", HeaderValue::from_static(message));
+    let millis = retry_after.as_nanos().div_ceil(1_000_000);
     headers.insert(
         "grpc-retry-pushback-ms",
         HeaderValue::from(u64::try_from(millis).unwrap_or(u64::MAX)),
     );
     headers.insert(
         http::header::RETRY_AFTER,
-        HeaderValue::from(headers::ceil_secs(decision.retry_after()).max(1)),
+        HeaderValue::from(headers::ceil_secs(retry_after).max(1)),
     );
-    headers::insert(headers, mode, policy, decision);
     response
 }
 
