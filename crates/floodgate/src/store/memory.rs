@@ -31,7 +31,7 @@ use crate::{Clock, Concurrency, Decision, Error, PermitId, Policy};
 use permits::Permits;
 use table::Table;
 
-/// Default cap on stored limit states: 2^22 (about 4.2 million, at most ~140 MB).
+/// Default cap on stored limit states: 2^22 (about 4.2 million, at most ~90 MB of tables).
 pub const DEFAULT_MAX_KEYS: usize = 1 << 22;
 const MAX_SHARDS: usize = 64;
 /// Nanoseconds: the memory store's time unit.
