@@ -155,12 +155,31 @@ impl Limiters {
 
 /// Runs `threads` threads checking random keys for `millis`; returns checks per second.
 fn measure(limiters: &Limiters, peer: Peer, keys: &[String], threads: usize, millis: u64) -> f64 {
+    harness(keys, threads, millis, |key| limiters.check(peer, key))
+}
+
+/// The harness alone: the same loop and key fetch, each key's bytes read (as every limiter
+/// hashes them), no limiter. The floor under every peer's row.
+fn harness_only(keys: &[String], threads: usize, millis: u64) -> f64 {
+    harness(keys, threads, millis, |key| {
+        key.bytes().fold(0u8, |a, b| a ^ b) & 1 == 1
+    })
+}
+
+/// Runs `threads` threads calling `check` on random keys for `millis`; returns calls per
+/// second.
+fn harness(
+    keys: &[String],
+    threads: usize,
+    millis: u64,
+    check: impl Fn(&String) -> bool + Sync,
+) -> f64 {
     let stop = AtomicBool::new(false);
     let total = AtomicU64::new(0);
     let start = Instant::now();
     std::thread::scope(|s| {
         for t in 0..threads {
-            let (stop, total) = (&stop, &total);
+            let (stop, total, check) = (&stop, &total, &check);
             s.spawn(move || {
                 let mut rng =
                     0x9e37_79b9_7f4a_7c15u64 ^ (t as u64 + 1).wrapping_mul(0xbf58_476d_1ce4_e5b9);
@@ -173,7 +192,7 @@ fn measure(limiters: &Limiters, peer: Peer, keys: &[String], threads: usize, mil
                         rng ^= rng >> 7;
                         rng ^= rng << 17;
                         let i = ((u128::from(rng) * u128::from(n)) >> 64) as usize;
-                        allowed += u64::from(limiters.check(peer, &keys[i]));
+                        allowed += u64::from(check(std::hint::black_box(&keys[i])));
                     }
                     ops += 1024;
                 }
@@ -286,6 +305,7 @@ struct Cell {
     threads: usize,
     quota: Quota2,
     ops: [Vec<f64>; 3],
+    harness: Vec<f64>,
     ratio_governor: Vec<f64>,
     ratio_naive: Vec<f64>,
 }
@@ -369,6 +389,7 @@ fn main() {
                 threads,
                 quota,
                 ops: [empty(), empty(), empty()],
+                harness: empty(),
                 ratio_governor: empty(),
                 ratio_naive: empty(),
             });
@@ -394,19 +415,20 @@ fn main() {
             for (ops, value) in cell.ops.iter_mut().zip(measured) {
                 ops.push(value);
             }
+            cell.harness.push(harness_only(keys, cell.threads, millis));
             cell.ratio_governor.push(measured[0] / measured[1]);
             cell.ratio_naive.push(measured[0] / measured[2]);
         }
     }
 
     println!(
-        "| keys | threads | quota | floodgate checks/s | governor checks/s | naive checks/s | floodgate / governor | floodgate / naive |"
+        "| keys | threads | quota | floodgate checks/s | governor checks/s | naive checks/s | floodgate / governor | floodgate / naive | harness only, loops/s |"
     );
-    println!("|---:|---:|:---|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|:---|---:|---:|---:|---:|---:|---:|");
     for cell in &mut cells {
         let [f, g, n] = &mut cell.ops;
         println!(
-            "| {} | {} | {} | {} | {} | {} | **{:.2}×** | {:.2}× |",
+            "| {} | {} | {} | {} | {} | {} | **{:.2}×** | {:.2}× | {} |",
             cell.keys,
             cell.threads,
             cell.quota.name(),
@@ -414,7 +436,8 @@ fn main() {
             human(median(g)),
             human(median(n)),
             median(&mut cell.ratio_governor),
-            median(&mut cell.ratio_naive)
+            median(&mut cell.ratio_naive),
+            human(median(&mut cell.harness))
         );
     }
 
