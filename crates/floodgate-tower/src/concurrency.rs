@@ -195,11 +195,7 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let shared = Arc::clone(&self.shared);
         let info = RequestInfo::of(&request);
-        let grpc = info
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/grpc"));
+        let grpc = crate::response::is_grpc(info.headers);
         let key = shared.key.extract(&info);
         let future = async move {
             let key = match (key, &shared.missing_key) {

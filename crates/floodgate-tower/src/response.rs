@@ -76,3 +76,11 @@ pub(crate) fn plain<B>(status: StatusCode, text: &'static str) -> Response<Limit
     );
     response
 }
+
+/// Whether a request is a gRPC call (its denials travel in `grpc-status`).
+pub(crate) fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
+}

@@ -126,11 +126,7 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let shared = Arc::clone(&self.shared);
         let info = RequestInfo::of(&request);
-        let grpc = info
-            .headers
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/grpc"));
+        let grpc = crate::response::is_grpc(info.headers);
         let exempt = shared.exempt.as_ref().is_some_and(|exempt| exempt(&info));
         let (policy, key) = if exempt {
             (Chosen::Now(None), None)
