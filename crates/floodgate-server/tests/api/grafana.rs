@@ -42,7 +42,11 @@ fn queried_metrics() -> BTreeSet<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_the_grafana_dashboard_queries_is_exported() {
     let dir = TempDir::new("grafana");
-    let server = server_with(&dir, "[policies]\nfree = \"5/s\"\n\n[login]\nweb = {}\n\n[concurrency]\ndb = 2\n").await;
+    let server = server_with(
+        &dir,
+        "[policies]\nfree = \"5/s\"\n\n[login]\nweb = {}\n\n[concurrency]\ndb = 2\n",
+    )
+    .await;
     let addr = server.http_addr();
     post(addr, "/v1/check", r#"{"policy":"free","key":"k"}"#).await;
     let text = get(addr, "/metrics").await.body;
