@@ -2,7 +2,9 @@
 //! concurrency limit — floodgate's memory store (through `RateLimiter::acquire` and the
 //! permit's drop) beside tower's in-process `ConcurrencyLimit` (a semaphore: `ready` takes a
 //! permit, the response releases it), on 1 and 2 threads; and floodgate's Redis store, 64
-//! tasks on one client thread (each pair is two script calls). Interleaved runs, medians.
+//! tasks on one client thread (each pair two permit operations), with batching on (the
+//! default: operations waiting for the connection share one script call) and off (one call
+//! each). Interleaved runs, medians.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -24,7 +26,8 @@ const MAX: u32 = 1_000_000;
 enum Row {
     Floodgate(usize),
     Tower(usize),
-    Redis,
+    /// Batching on or off.
+    Redis(bool),
 }
 
 pub(crate) fn run(runs: usize, millis: u64) {
@@ -39,33 +42,39 @@ pub(crate) fn run(runs: usize, millis: u64) {
         .enable_all()
         .build()
         .unwrap();
-    let redis = Arc::new(RateLimiter::new(
-        runtime
-            .block_on(
-                RedisStore::builder(&server.url())
-                    .timeout(Duration::from_secs(2))
-                    .build(),
-            )
-            .unwrap(),
-    ));
+    let redis = |batching: bool| {
+        Arc::new(RateLimiter::new(
+            runtime
+                .block_on(
+                    RedisStore::builder(&server.url())
+                        .timeout(Duration::from_secs(2))
+                        .batching(batching)
+                        .build(),
+                )
+                .unwrap(),
+        ))
+    };
+    let (batched, single) = (redis(true), redis(false));
     let rows = [
         Row::Floodgate(1),
         Row::Tower(1),
         Row::Floodgate(2),
         Row::Tower(2),
-        Row::Redis,
+        Row::Redis(true),
+        Row::Redis(false),
     ];
     let mut results: Vec<Vec<f64>> = vec![Vec::new(); rows.len()];
-    let mut ratios: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let mut ratios: [Vec<f64>; 3] = [Vec::new(), Vec::new(), Vec::new()];
     for run in 0..runs {
         eprintln!("run {}/{runs}", run + 1);
-        let mut measured = [0.0; 5];
+        let mut measured = [0.0; 6];
         for i in 0..rows.len() {
             let r = (i + run) % rows.len();
             measured[r] = match rows[r] {
                 Row::Floodgate(threads) => memory(&limiter, &limit, threads, millis),
                 Row::Tower(threads) => tower_limit(threads, millis),
-                Row::Redis => runtime.block_on(on_redis(&redis, &limit, millis)),
+                Row::Redis(true) => runtime.block_on(on_redis(&batched, &limit, millis)),
+                Row::Redis(false) => runtime.block_on(on_redis(&single, &limit, millis)),
             };
         }
         for (result, value) in results.iter_mut().zip(measured) {
@@ -73,6 +82,7 @@ pub(crate) fn run(runs: usize, millis: u64) {
         }
         ratios[0].push(measured[0] / measured[1]);
         ratios[1].push(measured[2] / measured[3]);
+        ratios[2].push(measured[4] / measured[5]);
     }
     println!("| limiter | threads | acquire + release pairs/s | floodgate / tower |");
     println!("|:---|---:|---:|---:|");
@@ -81,7 +91,14 @@ pub(crate) fn run(runs: usize, millis: u64) {
         ("tower ConcurrencyLimit", "1"),
         ("floodgate memory store", "2"),
         ("tower ConcurrencyLimit", "2"),
-        ("floodgate Redis store (64 tasks, 2 calls a pair)", "1"),
+        (
+            "floodgate Redis store, batching on (default; 64 tasks)",
+            "1",
+        ),
+        (
+            "floodgate Redis store, batching off (64 tasks, 2 calls a pair)",
+            "1",
+        ),
     ];
     for (i, (label, threads)) in labels.iter().enumerate() {
         let ratio = match i {
@@ -94,6 +111,13 @@ pub(crate) fn run(runs: usize, millis: u64) {
             human(median(&mut results[i]))
         );
     }
+    let stats = batched.store().stats();
+    println!(
+        "\nRedis, batching on / off, pairs per second (median of per-run ratios): **{:.2}×**; \
+         batching on, permit operations per script call: {:.1}",
+        median(&mut ratios[2]),
+        stats.permit_operations as f64 / stats.permit_calls.max(1) as f64
+    );
     println!(
         "\ntower's limit is one in-process semaphore for the whole service (no keys, no lease, \
          no other process); floodgate's is per key, leased, and on Redis shared by every process."

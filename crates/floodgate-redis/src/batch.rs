@@ -1,6 +1,8 @@
 //! Exact batching: the decisions waiting for one connection go to Redis as one call of the
 //! batch script, which decides them in order, each exactly as the single-decision script
-//! would decide it alone at the batch's time.
+//! would decide it alone at the batch's time; the concurrency-permit operations waiting for
+//! it go as one call of the permit script, which applies them the same way. Each kind of
+//! work ([`Work`]: [`Decide`] here, `permits::PermitCall`) has lanes of its own.
 //!
 //! No timer: each connection has a queue and at most [`MAX_IN_FLIGHT`] batches awaiting
 //! their replies. A decision that finds no flush task, or every one awaiting a reply with
@@ -26,7 +28,7 @@ use std::time::Duration;
 use redis::{RedisError, RedisResult, Value};
 use tokio::sync::oneshot;
 
-use crate::connection::{BATCH, Connection};
+use crate::connection::{BATCH, Connection, LuaScript};
 use crate::failure::Breaker;
 use crate::store::{timed_out, unavailable};
 
@@ -42,11 +44,33 @@ pub(crate) const MAX_ARGS: usize = 8_192;
 /// The most bytes of keys and arguments in one batch call.
 pub(crate) const MAX_BYTES: usize = 256 * 1024;
 
-/// The reply to one decision: the single script's reply for it, or why there is none.
+/// The reply to one item: its own reply in the script's, or why there is none.
 pub(crate) type Reply = RedisResult<Value>;
 
-/// One decision waiting to be sent.
-pub(crate) struct Item {
+/// What a batch carries: one kind of work, sent as one call of its script.
+pub(crate) trait Work: Send + Sync + Sized + 'static {
+    /// The script a batch of this work calls.
+    fn script() -> &'static LuaScript;
+    /// Arguments this item adds to a call at most.
+    fn args(&self) -> usize;
+    /// Bytes this item adds to a call, counted generously.
+    fn bytes(&self) -> usize;
+    /// One of this item's keys: a Cluster routes the batch by it.
+    fn first_key(&self) -> &str;
+    /// `EVALSHA` of the script for `batch`, in order.
+    fn command(batch: &[&Self]) -> redis::Cmd;
+    /// Counts one call carrying `items` items.
+    fn count(counters: &Counters, items: usize);
+}
+
+/// One item waiting to be sent, and where its reply goes.
+pub(crate) struct Item<W> {
+    pub(crate) work: W,
+    pub(crate) reply: oneshot::Sender<Reply>,
+}
+
+/// One decision, for the batch script.
+pub(crate) struct Decide {
     /// The Redis keys of its limits (one slot).
     pub(crate) keys: Vec<String>,
     /// Operation code and cost (see `reply::wire`); for a lease, 0 and the tokens wanted.
@@ -57,28 +81,45 @@ pub(crate) struct Item {
     pub(crate) limits: Vec<(i64, i64)>,
     /// The decision time sent to the script: -1 for Redis's clock.
     pub(crate) now: i64,
-    pub(crate) reply: oneshot::Sender<Reply>,
 }
 
-impl Item {
-    /// Arguments this item adds to a call at most (its keys, its limit set, its words).
+impl Work for Decide {
+    fn script() -> &'static LuaScript {
+        &BATCH
+    }
+
     fn args(&self) -> usize {
         4 + 3 * self.limits.len()
     }
 
-    /// Bytes this item adds to a call, counted generously (an integer argument as 24).
+    /// An integer argument counted as 24 bytes.
     fn bytes(&self) -> usize {
         self.keys.iter().map(|k| k.len() + 16).sum::<usize>() + 24 * self.args()
     }
+
+    fn first_key(&self) -> &str {
+        self.keys.first().map_or("", String::as_str)
+    }
+
+    fn command(batch: &[&Self]) -> redis::Cmd {
+        command(batch)
+    }
+
+    fn count(counters: &Counters, items: usize) {
+        counters.count(items);
+    }
 }
 
-/// Script calls and the decisions they carried, batched or not; permit calls.
+/// Script calls and the decisions they carried, batched or not; permit calls and the
+/// operations they carried.
 #[derive(Default)]
 pub(crate) struct Counters {
     pub(crate) calls: AtomicU64,
     pub(crate) decisions: AtomicU64,
-    /// Concurrency-permit script calls, and the ended leases they reclaimed.
+    /// Concurrency-permit script calls, the operations they carried, and the ended leases
+    /// they reclaimed.
     pub(crate) permit_calls: AtomicU64,
+    pub(crate) permit_operations: AtomicU64,
     pub(crate) reclaimed_permits: AtomicU64,
 }
 
@@ -88,16 +129,22 @@ impl Counters {
         self.decisions
             .fetch_add(decisions as u64, Ordering::Relaxed);
     }
+
+    pub(crate) fn count_permits(&self, operations: usize) {
+        self.permit_calls.fetch_add(1, Ordering::Relaxed);
+        self.permit_operations
+            .fetch_add(operations as u64, Ordering::Relaxed);
+    }
 }
 
-/// The batchers of a store: on a standalone server (or behind Sentinel) one lane per
-/// connection, which decisions take turns on; on a Cluster one lane per hash slot, made
-/// when first used, since the keys of one script call must share a slot.
-pub(crate) struct Batcher {
-    lanes: Box<[Arc<Lane>]>,
+/// A store's batcher of one kind of work: on a standalone server (or behind Sentinel) one
+/// lane per connection, which items take turns on; on a Cluster one lane per hash slot,
+/// made when first used, since the keys of one script call must share a slot.
+pub(crate) struct Batcher<W> {
+    lanes: Box<[Arc<Lane<W>>]>,
     next: AtomicUsize,
     /// A Cluster's lanes, by slot.
-    slots: Option<Mutex<HashMap<u16, Arc<Lane>>>>,
+    slots: Option<Mutex<HashMap<u16, Arc<Lane<W>>>>>,
     /// What a new slot lane needs.
     connection: Connection,
     timeout: Duration,
@@ -105,30 +152,39 @@ pub(crate) struct Batcher {
     counters: Arc<Counters>,
 }
 
-struct Lane {
+struct Lane<W> {
     connection: Connection,
     /// Which of the connection's multiplexed connections this lane sends on.
     index: usize,
-    queue: Mutex<Queue>,
+    queue: Mutex<Queue<W>>,
     timeout: Duration,
     breaker: Arc<Breaker>,
     counters: Arc<Counters>,
 }
 
-#[derive(Default)]
-struct Queue {
-    items: Vec<Item>,
+struct Queue<W> {
+    items: Vec<Item<W>>,
     /// Flush tasks running for this lane.
     flushers: usize,
     /// How many of them await a reply.
     sending: usize,
 }
 
+impl<W> Default for Queue<W> {
+    fn default() -> Self {
+        Queue {
+            items: Vec::new(),
+            flushers: 0,
+            sending: 0,
+        }
+    }
+}
+
 /// The most batches awaiting their replies on one connection: two, so Redis works on one
 /// while this node reads the other's replies and its callers queue the next decisions.
 pub(crate) const MAX_IN_FLIGHT: usize = 2;
 
-impl Batcher {
+impl<W: Work> Batcher<W> {
     /// A batcher with one lane per multiplexed connection of `connection`.
     pub(crate) fn new(
         connection: &Connection,
@@ -162,20 +218,13 @@ impl Batcher {
         }
     }
 
-    /// Queues a decision; its reply arrives on the returned channel. The circuit breaker
+    /// Queues an item; its reply arrives on the returned channel. The circuit breaker
     /// has already been told how its batch went.
-    pub(crate) fn submit(
-        &self,
-        keys: Vec<String>,
-        op: [i64; 2],
-        least: Option<i64>,
-        limits: Vec<(i64, i64)>,
-        now: i64,
-    ) -> oneshot::Receiver<Reply> {
+    pub(crate) fn submit(&self, work: W) -> oneshot::Receiver<Reply> {
         let (reply, receiver) = oneshot::channel();
         let lane = match &self.slots {
             Some(slots) => {
-                let slot = keys.first().map_or(0, |key| slot(key));
+                let slot = slot(work.first_key());
                 let mut slots = slots.lock().unwrap_or_else(PoisonError::into_inner);
                 slots
                     .entry(slot)
@@ -196,20 +245,13 @@ impl Batcher {
                 self.lanes[self.next.fetch_add(1, Ordering::Relaxed) % self.lanes.len()].clone()
             }
         };
-        lane.submit(Item {
-            keys,
-            op,
-            least,
-            limits,
-            now,
-            reply,
-        });
+        lane.submit(Item { work, reply });
         receiver
     }
 }
 
-impl Lane {
-    fn submit(self: &Arc<Self>, item: Item) {
+impl<W: Work> Lane<W> {
+    fn submit(self: &Arc<Self>, item: Item<W>) {
         let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
         queue.items.push(item);
         // A flusher starts when none runs, or when every one awaits a reply and there is
@@ -241,12 +283,12 @@ impl Lane {
 
     /// The next batch, oldest first, within the caps; empty (and the flush over) when
     /// nothing waits. Decisions whose callers gave up are dropped unsent.
-    fn take(&self) -> Vec<Item> {
+    fn take(&self) -> Vec<Item<W>> {
         let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
         queue.items.retain(|item| !item.reply.is_closed());
         let (mut count, mut args, mut bytes) = (0, 0, 0);
         for item in &queue.items {
-            let (a, b) = (item.args(), item.bytes());
+            let (a, b) = (item.work.args(), item.work.bytes());
             if count > 0 && (count == MAX_ITEMS || args + a > MAX_ARGS || bytes + b > MAX_BYTES) {
                 break;
             }
@@ -263,17 +305,17 @@ impl Lane {
         std::mem::replace(&mut queue.items, rest)
     }
 
-    async fn send(&self, batch: Vec<Item>) {
-        let command = command(&batch);
-        self.counters.count(batch.len());
-        let first_key = batch
-            .first()
-            .and_then(|item| item.keys.first())
-            .map_or("", String::as_str);
+    async fn send(&self, batch: Vec<Item<W>>) {
+        let (command, first_key) = {
+            let works: Vec<&W> = batch.iter().map(|item| &item.work).collect();
+            let first_key = works.first().map_or("", |work| work.first_key());
+            (W::command(&works), first_key.to_owned())
+        };
+        W::count(&self.counters, batch.len());
         let call = tokio::time::timeout(
             self.timeout,
             self.connection
-                .run_batch(self.index, &command, &BATCH, first_key),
+                .run_batch(self.index, &command, W::script(), &first_key),
         );
         match call.await.unwrap_or_else(|_| Err(timed_out())) {
             Ok(Value::Array(replies)) if replies.len() == batch.len() => {
@@ -288,7 +330,7 @@ impl Lane {
                 }
             }
             Ok(_) => {
-                // Not the batch script's reply: every decision reads it as an invalid reply.
+                // Not the batch script's reply: every item reads it as an invalid reply.
                 self.breaker.success();
                 for item in batch {
                     let _ = item.reply.send(Ok(Value::Nil));
@@ -310,7 +352,7 @@ impl Lane {
 
 /// `EVALSHA` of the batch script for `batch`: the keys of each (policy, key) once, each
 /// distinct limit set once, then two integers per decision, in order.
-fn command(batch: &[Item]) -> redis::Cmd {
+fn command(batch: &[&Decide]) -> redis::Cmd {
     // (first key, limits) → 1-based index of its first key in KEYS.
     let mut key_index: HashMap<(&str, usize), usize> = HashMap::with_capacity(batch.len());
     let mut keys: Vec<&str> = Vec::with_capacity(batch.len());
@@ -364,12 +406,14 @@ fn command(batch: &[Item]) -> redis::Cmd {
     command
 }
 
-/// Sends `item` alone as a batch on `connection` (a lease with batching off), and returns
+/// Sends `work` alone as a batch of one on `connection` (with batching off), and returns
 /// its reply.
-pub(crate) async fn send_alone(connection: &Connection, item: &Item) -> Reply {
-    let command = command(std::slice::from_ref(item));
-    let first_key = item.keys.first().map_or("", String::as_str);
-    match connection.run_batch(0, &command, &BATCH, first_key).await? {
+pub(crate) async fn send_alone<W: Work>(connection: &Connection, work: &W) -> Reply {
+    let command = W::command(&[work]);
+    match connection
+        .script(W::script(), &command, work.first_key())
+        .await?
+    {
         Value::Array(mut replies) if replies.len() == 1 => match replies.remove(0) {
             Value::ServerError(error) => Err(error.into()),
             reply => Ok(reply),
@@ -406,11 +450,11 @@ fn crc16(bytes: &[u8]) -> u16 {
     crc
 }
 
-/// Why a decision's reply never came: its batch was dropped with the runtime.
+/// Why an item's reply never came: its batch was dropped with the runtime.
 pub(crate) fn dropped() -> RedisError {
     RedisError::from(std::io::Error::new(
         std::io::ErrorKind::ConnectionAborted,
-        "the batch carrying this decision was dropped before its reply arrived",
+        "the batch carrying this request was dropped before its reply arrived",
     ))
 }
 

@@ -130,7 +130,9 @@ impl<C: Clock> RedisStoreBuilder<C> {
     /// call, which decides them in order, each exactly as if sent alone at the batch's time
     /// — the same answers, state and TTLs. There is no timer: a batch leaves as soon as the
     /// previous one on its connection has its reply, so at low load it holds one decision.
-    /// Off, every decision is its own call.
+    /// Off, every decision is its own call. Concurrency-permit operations (acquire, release,
+    /// renew) follow the same setting: batched, they go as one call of the permit script,
+    /// applied in order, each as if sent alone.
     ///
     /// On by default for a standalone server and behind Sentinel. **Off by default on a
     /// Cluster**, where a batch can only hold decisions on keys of one hash slot: measured,
@@ -371,6 +373,14 @@ impl<C: Clock> RedisStoreBuilder<C> {
                 counters.clone(),
             ))
         });
+        let permit_batcher = self.batches().then(|| {
+            Arc::new(Batcher::new(
+                &connection,
+                self.timeout,
+                breaker.clone(),
+                counters.clone(),
+            ))
+        });
         let store = RedisStore {
             connection,
             prefix: self.prefix.into(),
@@ -382,6 +392,7 @@ impl<C: Clock> RedisStoreBuilder<C> {
             breaker,
             cache: DenyCache::new(self.deny_cache).map(Arc::new),
             batcher,
+            permit_batcher,
             counters,
             leases: Leases::new(self.leases).map(Arc::new),
         };

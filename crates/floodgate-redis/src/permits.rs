@@ -1,11 +1,14 @@
-//! Concurrency permits in Redis: one script call per acquire, release and renew (see
-//! `scripts/permit.lua`), on Redis's clock, with the store's failure policies.
+//! Concurrency permits in Redis: acquires, releases and renews applied by the permit script
+//! (see `scripts/permit.lua`) on Redis's clock, with the store's failure policies. With
+//! batching on, the operations waiting for one connection go as one call, applied in order,
+//! each as if sent alone; off, each is a call of its own.
 //!
 //! Like a decision, a call whose outcome is unknown is never sent again: the caller's
 //! failure policy answers. A lost acquire reply leaves at most a permit that ends with its
 //! lease; when a failure policy granted a permit under the same id instead, that permit's
 //! release removes it from Redis too.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -15,7 +18,8 @@ use floodgate::{
 };
 use redis::Value;
 
-use crate::connection::PERMIT;
+use crate::batch::{self, Counters, Work};
+use crate::connection::{LuaScript, PERMIT};
 use crate::failure::Gate;
 use crate::keys;
 use crate::store::{RedisStore, UNIT_NS, store_error, timed_out, unavailable};
@@ -26,6 +30,72 @@ enum Call {
     Acquire = 1,
     Release = 2,
     Renew = 3,
+}
+
+/// One permit operation, for the permit script.
+pub(crate) struct PermitCall {
+    /// The permit set's Redis key.
+    key: String,
+    call: Call,
+    id: PermitId,
+    max: u32,
+    /// Lease in microseconds.
+    lease: i64,
+    /// The time sent to the script: -1 for Redis's clock.
+    now: i64,
+}
+
+impl Work for PermitCall {
+    fn script() -> &'static LuaScript {
+        &PERMIT
+    }
+
+    fn args(&self) -> usize {
+        6
+    }
+
+    fn bytes(&self) -> usize {
+        self.key.len() + 16 + 32 + 24 * 5
+    }
+
+    fn first_key(&self) -> &str {
+        &self.key
+    }
+
+    /// `EVALSHA` of the permit script: each set once in KEYS, the call's one time (the
+    /// latest any operation asked for), then five arguments per operation, in order.
+    fn command(batch: &[&Self]) -> redis::Cmd {
+        let mut index: HashMap<&str, usize> = HashMap::with_capacity(batch.len());
+        let mut keys: Vec<&str> = Vec::with_capacity(batch.len());
+        for call in batch {
+            index.entry(call.key.as_str()).or_insert_with(|| {
+                keys.push(&call.key);
+                keys.len()
+            });
+        }
+        let args = 4 + keys.len() + 5 * batch.len();
+        let bytes = 64 + keys.iter().map(|k| k.len() + 16).sum::<usize>() + 40 * args;
+        let mut command = redis::Cmd::with_capacity(args, bytes);
+        command
+            .arg("EVALSHA")
+            .arg(PERMIT.sha())
+            .arg(keys.len())
+            .arg(&keys[..]);
+        command.arg(batch.iter().map(|call| call.now).max().unwrap_or(-1));
+        for call in batch {
+            command
+                .arg(call.call as i64)
+                .arg(index[call.key.as_str()])
+                .arg(call.id.to_string())
+                .arg(call.max)
+                .arg(call.lease);
+        }
+        command
+    }
+
+    fn count(counters: &Counters, items: usize) {
+        counters.count_permits(items);
+    }
 }
 
 /// Why a call brought no answer.
@@ -53,33 +123,43 @@ impl<C: Clock> RedisStore<C> {
             ));
             return Err(Failed::Outage(error, wait));
         }
-        let redis_key = keys::permit_key(&self.prefix, limit, key);
         let now = if self.send_time {
             i64::try_from(self.clock.now_nanos() / UNIT_NS).unwrap_or(i64::MAX)
         } else {
             -1
         };
-        let lease = i64::try_from(limit.lease_time().as_micros()).unwrap_or(i64::MAX);
-        let mut command = redis::cmd("EVALSHA");
-        command
-            .arg(PERMIT.sha())
-            .arg(1)
-            .arg(&redis_key)
-            .arg(call as i64)
-            .arg(permit.to_string())
-            .arg(limit.max())
-            .arg(lease)
-            .arg(now);
-        self.counters.permit_calls.fetch_add(1, Ordering::Relaxed);
-        let reply = tokio::time::timeout(
-            self.timeout,
-            self.connection.script(&PERMIT, &command, &redis_key),
-        )
-        .await
-        .unwrap_or_else(|_| Err(timed_out()));
+        let work = PermitCall {
+            key: keys::permit_key(&self.prefix, limit, key),
+            call,
+            id: permit,
+            max: limit.max(),
+            lease: i64::try_from(limit.lease_time().as_micros()).unwrap_or(i64::MAX),
+            now,
+        };
+        let (reply, counted) = match &self.permit_batcher {
+            Some(batcher) => {
+                let receiver = batcher.submit(work);
+                // The batch has told the circuit breaker how it went, once for all of its
+                // operations.
+                let reply = match tokio::time::timeout(self.timeout, receiver).await {
+                    Ok(Ok(reply)) => reply,
+                    Ok(Err(_)) => Err(batch::dropped()),
+                    Err(_) => Err(timed_out()),
+                };
+                (reply, true)
+            }
+            None => {
+                self.counters.count_permits(1);
+                let call =
+                    tokio::time::timeout(self.timeout, batch::send_alone(&self.connection, &work));
+                (call.await.unwrap_or_else(|_| Err(timed_out())), false)
+            }
+        };
         match reply {
             Ok(value) => {
-                self.breaker.success();
+                if !counted {
+                    self.breaker.success();
+                }
                 let numbers = integers(&value).ok_or_else(|| {
                     Failed::Refused(store_error(format!(
                         "{}: unexpected reply to the permit script: {value:?}",
@@ -95,11 +175,15 @@ impl<C: Clock> RedisStore<C> {
                 Ok(numbers)
             }
             Err(e) if !unavailable(&e) => {
-                self.breaker.success();
+                if !counted {
+                    self.breaker.success();
+                }
                 Err(Failed::Refused(self.error(&e)))
             }
             Err(e) => {
-                self.breaker.failure();
+                if !counted {
+                    self.breaker.failure();
+                }
                 Err(Failed::Outage(self.error(&e), self.breaker.cooldown()))
             }
         }

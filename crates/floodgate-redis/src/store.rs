@@ -8,12 +8,13 @@ use std::time::Duration;
 use floodgate::store::{self, Op};
 use floodgate::{Clock, Decision, DecisionSource, Error, Limit, MonotonicClock, Policy, Store};
 
-use crate::batch::{self, Batcher, Counters};
+use crate::batch::{self, Batcher, Counters, Decide};
 use crate::cache::DenyCache;
 use crate::connection::Connection;
 use crate::failure::{Breaker, Fallback, Gate};
 use crate::keys;
 use crate::lease::{Leases, Plan};
+use crate::permits::PermitCall;
 use crate::reply;
 use crate::reply::{read_reply, wire};
 use crate::url::sanitize;
@@ -40,8 +41,10 @@ pub struct RedisStore<C: Clock = MonotonicClock> {
     pub(crate) fallback: Arc<Fallback>,
     pub(crate) breaker: Arc<Breaker>,
     pub(crate) cache: Option<Arc<DenyCache>>,
-    /// Exact batching (standalone servers): `None` sends each decision as its own call.
-    pub(crate) batcher: Option<Arc<Batcher>>,
+    /// Exact batching: `None` sends each decision as its own call.
+    pub(crate) batcher: Option<Arc<Batcher<Decide>>>,
+    /// Batching of concurrency-permit operations, on when decisions are batched.
+    pub(crate) permit_batcher: Option<Arc<Batcher<PermitCall>>>,
     pub(crate) counters: Arc<Counters>,
     /// Token leasing, when some policy leases.
     pub(crate) leases: Option<Arc<Leases>>,
@@ -90,8 +93,11 @@ pub struct RedisStats {
     pub spent_lease_tokens: u64,
     /// See [`leased_tokens`](Self::leased_tokens).
     pub expired_lease_tokens: u64,
-    /// Concurrency-permit script calls sent (acquires, releases and renews).
+    /// Concurrency-permit script calls sent: one per batch with batching on, one per
+    /// operation off.
     pub permit_calls: u64,
+    /// Permit operations (acquires, releases and renews) those calls carried.
+    pub permit_operations: u64,
     /// Permits the permit script reclaimed because their lease ended unreleased (counted by
     /// the calls of this store that found them; another node's calls count their own).
     pub permits_reclaimed: u64,
@@ -168,6 +174,7 @@ impl<C: Clock> RedisStore<C> {
             spent_lease_tokens: spent,
             expired_lease_tokens: expired,
             permit_calls: self.counters.permit_calls.load(Ordering::Relaxed),
+            permit_operations: self.counters.permit_operations.load(Ordering::Relaxed),
             permits_reclaimed: self.counters.reclaimed_permits.load(Ordering::Relaxed),
         }
     }
@@ -258,14 +265,12 @@ impl<C: Clock> RedisStore<C> {
         let (reply, counted) = match &self.batcher {
             None if lease.is_some() => {
                 // Batching off: a lease still goes through the batch script, alone.
-                let (reply, _) = tokio::sync::oneshot::channel();
-                let item = batch::Item {
+                let item = Decide {
                     keys,
                     op: words,
                     least,
                     limits: limits_of(),
                     now,
-                    reply,
                 };
                 self.counters.count(1);
                 let call =
@@ -273,7 +278,13 @@ impl<C: Clock> RedisStore<C> {
                 (call.await.unwrap_or_else(|_| Err(timed_out())), false)
             }
             Some(batcher) => {
-                let receiver = batcher.submit(keys, words, least, limits_of(), now);
+                let receiver = batcher.submit(Decide {
+                    keys,
+                    op: words,
+                    least,
+                    limits: limits_of(),
+                    now,
+                });
                 // The batch has told the circuit breaker how it went, once for all of its
                 // decisions; a caller that stops waiting leaves the count to its batch.
                 let reply = match tokio::time::timeout(self.timeout, receiver).await {

@@ -31,7 +31,7 @@ async fn the_conformance_suite_passes_through_sentinel_with_batching_on_and_off(
         .replace("redis+sentinel://", "redis+sentinel://127.0.0.1:1,");
     common::conformance_suite(&url, 0, true).await;
     common::conformance_suite(&url, 0, false).await;
-    common::concurrency_suite(&url).await;
+    common::concurrency_suite(&url, true).await;
     // Everything went to the master: the replica holds copies, and refuses writes.
     let keys = group.servers()[0].cli(&["DBSIZE"]);
     assert_ne!(keys, "0", "the suite wrote to the master");

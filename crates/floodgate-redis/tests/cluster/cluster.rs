@@ -14,7 +14,8 @@ async fn a_cluster_passes_the_conformance_suite() {
     common::conformance_suite(&cluster.url(), 0, true).await;
     // One call per decision, as before per-slot batching.
     common::conformance_suite(&cluster.url(), 0, false).await;
-    common::concurrency_suite(&cluster.url()).await;
+    common::concurrency_suite(&cluster.url(), true).await;
+    common::concurrency_suite(&cluster.url(), false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

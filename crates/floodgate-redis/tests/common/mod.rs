@@ -51,14 +51,14 @@ pub(crate) async fn conformance_suite(url: &str, deny_cache: usize, batching: bo
 }
 
 /// Runs every concurrency case of the suite against the Redis at `url`, each on a fresh key
-/// prefix.
+/// prefix, batching on or off.
 #[allow(dead_code)]
-pub(crate) async fn concurrency_suite(url: &str) {
+pub(crate) async fn concurrency_suite(url: &str, batching: bool) {
     static CASE: AtomicU32 = AtomicU32::new(0);
     floodgate_testkit::concurrency::run(|| {
         let prefix = format!("permits{}:", CASE.fetch_add(1, Ordering::Relaxed));
         let url = url.to_owned();
-        async move { harness(&url, &prefix, 0, true).await }
+        async move { harness(&url, &prefix, 0, batching).await }
     })
     .await;
 }

@@ -1,7 +1,7 @@
 //! The shared conformance suite against a real `redis-server` of the test's own, driven by a
 //! manual clock through the test-only clock override: one test per case, with batching (the
 //! default) without and with the deny cache, and with every decision its own call; the
-//! concurrency cases; and one run of the whole suite that checks every key it wrote expires.
+//! concurrency cases, batched and as single calls; and one run of the whole suite that checks every key it wrote expires.
 
 use crate::common;
 
@@ -45,11 +45,15 @@ mod redis_store_concurrency {
     floodgate_testkit::concurrency_tests!(super::without_deny_cache);
 }
 
+mod redis_store_concurrency_single_calls {
+    floodgate_testkit::concurrency_tests!(super::single_calls);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_key_the_suite_writes_expires() {
     let server = RedisServer::start();
     common::conformance_suite(&server.url(), 0, true).await;
-    common::concurrency_suite(&server.url()).await;
+    common::concurrency_suite(&server.url(), true).await;
     // Every key written carries a TTL: PTTL is -1 for a key without one (-2 for a key that
     // has expired since the scan, 0 for one expiring right now).
     let keys = server.cli(&["--scan", "--pattern", "*fg1{*"]);

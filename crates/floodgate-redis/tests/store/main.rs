@@ -14,4 +14,5 @@ mod conformance;
 mod deny_cache;
 mod leasing;
 mod login;
+mod permit_batching;
 mod tls;
