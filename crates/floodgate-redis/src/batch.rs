@@ -10,7 +10,11 @@
 //! [`MAX_ITEMS`] decisions, [`MAX_ARGS`] arguments and [`MAX_BYTES`] bytes), awaits the
 //! reply, hands each decision its own reply, and sends what queued meanwhile; it ends when
 //! the queue is empty. At low load a batch holds one decision, so latency is that of a
-//! single call; under load a batch holds what arrived during a round trip.
+//! single call; under load a batch holds what arrived during a round trip. A long queue
+//! (twice [`SPLIT_FROM`] or more) found with no batch in flight goes as two halves at once,
+//! so that Redis decides one while this node reads the other's replies: with one batch at a
+//! time each side would wait for the other (measured on acquire + release pairs of 64 tasks:
+//! 69 k pairs/s against 47 k).
 //!
 //! Two batches in flight on one connection keep their order: Redis runs them one after
 //! the other as they arrive, each atomically.
@@ -180,6 +184,9 @@ impl<W> Default for Queue<W> {
     }
 }
 
+/// A queue this long or longer (twice this), with no batch in flight, goes as two batches.
+const SPLIT_FROM: usize = 8;
+
 /// The most batches awaiting their replies on one connection: two, so Redis works on one
 /// while this node reads the other's replies and its callers queue the next decisions.
 pub(crate) const MAX_IN_FLIGHT: usize = 2;
@@ -261,19 +268,27 @@ impl<W: Work> Lane<W> {
         {
             queue.flushers += 1;
             drop(queue);
-            tokio::spawn(self.clone().flush());
+            self.clone().start();
         }
+    }
+
+    /// Spawns a flush task (counted in `flushers` by the caller).
+    fn start(self: Arc<Self>) {
+        tokio::spawn(self.flush());
     }
 
     /// Sends batches until the queue is empty.
     async fn flush(self: Arc<Self>) {
         loop {
-            // Let the tasks already woken queue their decisions first: without a timer, this
+            // Let the tasks already woken queue their items first: without a timer, this
             // is what fills a batch under load (and costs nothing when idle).
             tokio::task::yield_now().await;
-            let batch = self.take();
+            let (batch, another) = self.take();
             if batch.is_empty() {
                 return;
+            }
+            if another {
+                self.clone().start();
             }
             self.send(batch).await;
             let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
@@ -282,14 +297,27 @@ impl<W: Work> Lane<W> {
     }
 
     /// The next batch, oldest first, within the caps; empty (and the flush over) when
-    /// nothing waits. Decisions whose callers gave up are dropped unsent.
-    fn take(&self) -> Vec<Item<W>> {
+    /// nothing waits. Items whose callers gave up are dropped unsent. When no other batch
+    /// is in flight and many items wait, the batch takes the older half and a second flush
+    /// (`true`) sends the rest at once: Redis then works on one batch while this node
+    /// reads the replies of the other, instead of each side waiting for the other.
+    fn take(&self) -> (Vec<Item<W>>, bool) {
         let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
         queue.items.retain(|item| !item.reply.is_closed());
+        let split = queue.sending == 0
+            && queue.flushers < MAX_IN_FLIGHT
+            && queue.items.len() >= 2 * SPLIT_FROM;
+        let most = if split {
+            queue.items.len().div_ceil(2)
+        } else {
+            MAX_ITEMS
+        };
         let (mut count, mut args, mut bytes) = (0, 0, 0);
         for item in &queue.items {
             let (a, b) = (item.work.args(), item.work.bytes());
-            if count > 0 && (count == MAX_ITEMS || args + a > MAX_ARGS || bytes + b > MAX_BYTES) {
+            if count > 0
+                && (count == most.min(MAX_ITEMS) || args + a > MAX_ARGS || bytes + b > MAX_BYTES)
+            {
                 break;
             }
             count += 1;
@@ -298,11 +326,15 @@ impl<W: Work> Lane<W> {
         }
         if count == 0 {
             queue.flushers -= 1;
-            return Vec::new();
+            return (Vec::new(), false);
         }
         queue.sending += 1;
         let rest = queue.items.split_off(count);
-        std::mem::replace(&mut queue.items, rest)
+        let another = split && !rest.is_empty();
+        if another {
+            queue.flushers += 1;
+        }
+        (std::mem::replace(&mut queue.items, rest), another)
     }
 
     async fn send(&self, batch: Vec<Item<W>>) {

@@ -131,7 +131,11 @@
 //! which is what the last single call touching it would have written, since all of them
 //! share `now`. Validation comes before any write, so a failing item leaves the state as a
 //! failing single call does: unchanged. The property test in `floodgate-redis`'s `store`
-//! suite checks all of it — replies, stored values and TTLs — against single calls.
+//! suite checks all of it — replies, stored values and TTLs — against single calls. Two
+//! batches may be in flight on one connection (a long queue is sent as two halves at once):
+//! Redis runs a connection's calls in the order they arrive, the second at a `now` no
+//! earlier than the first's, so the two are a sequence of single calls too. Concurrency
+//! permits are batched the same way by the permit script (see "Concurrency limits").
 //!
 //! **Leasing costs at most `r·L`.** A lease of `k` tokens is, to the shared bucket, one
 //! admission of cost `k` at Redis time `g`, so the grants of any window of length `w` total
@@ -240,8 +244,10 @@
 //! fragile database is overwhelmed by twenty slow queries at once, whatever their rate. The
 //! store keeps, per `(limit, key)`, the set of permit ids in flight, each with the end of its
 //! lease on the store's clock (the memory store: its clock, under one shard lock; Redis: a
-//! sorted set scored by lease end on Redis's `TIME`, changed only by one script per
-//! operation). Every operation first drops the entries whose end is at or before now; an
+//! sorted set scored by lease end on Redis's `TIME`, changed only by the permit script,
+//! which applies each operation atomically — with batching, the operations of one call in
+//! order at the call's one time, each as if sent alone). Every operation first drops the
+//! entries whose end is at or before now; an
 //! acquire then adds its id only if fewer than `max` entries remain (an id already present
 //! is renewed instead); a release removes its id; a renew moves an existing id's end to
 //! `now + L` and fails with [`Error::PermitExpired`](crate::Error::PermitExpired) when the id
@@ -263,7 +269,11 @@
 //!   then, at most `max`. A renew keeps this (its entry moves to renew-applied + `L`, after
 //!   the holder's new `expires_at`); a renew that finds the entry gone fails, and the holder
 //!   was never entitled past the old `expires_at` anyway. An acquire retried with the same
-//!   id (its reply lost) holds one entry: one slot.
+//!   id (its reply lost) holds one entry: one slot. Redis never drops an entry in force by
+//!   expiring its set: a set created by a call expires when the latest end written then
+//!   passes, and every later write of an end `e` moves the set's expiry to at least `e`
+//!   (`PEXPIRE … GT` never moves it earlier), so the expiry is at least every end in force;
+//!   a set outlives its last entry by at most one lease, and one emptied is deleted.
 //! - **A holder that dies frees its slot when its lease ends, never later and never
 //!   earlier**: its entry ends at applied + `L`, the first operation on the key after that
 //!   drops it, and until then it is counted. A permit whose acquire reply was lost occupies

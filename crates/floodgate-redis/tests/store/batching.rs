@@ -266,3 +266,26 @@ async fn at_low_load_a_batch_holds_one_decision() {
     let stats = limiter.store().stats();
     assert_eq!((stats.script_calls, stats.decisions), (20, 20));
 }
+
+#[tokio::test]
+async fn a_long_queue_goes_as_two_batches_in_flight_and_keeps_its_order() {
+    let server = RedisServer::start();
+    let limiter = RateLimiter::new(
+        RedisStore::builder(&server.url())
+            .deny_cache(0)
+            .build()
+            .await
+            .unwrap(),
+    );
+    let policy = Policy::parse("api", "30/h").unwrap();
+    let outcomes = join_all((0..40).map(|_| limiter.check(&policy, "hot"))).await;
+    let stats = limiter.store().stats();
+    assert_eq!((stats.script_calls, stats.decisions), (2, 40));
+    // The older half's batch went first: exactly the first 30 are admitted, in order.
+    let allowed: Vec<bool> = outcomes
+        .into_iter()
+        .map(|outcome| outcome.unwrap().is_allowed())
+        .collect();
+    assert!(allowed[..30].iter().all(|&a| a), "{allowed:?}");
+    assert!(allowed[30..].iter().all(|&a| !a), "{allowed:?}");
+}
