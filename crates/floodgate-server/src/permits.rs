@@ -91,6 +91,11 @@ impl ConcurrencyCounters {
         book.len()
     }
 
+    /// Every outcome's count so far, by its label.
+    pub fn totals(&self) -> [(&'static str, u64); 6] {
+        std::array::from_fn(|i| (OUTCOMES[i], self.load(i)))
+    }
+
     fn load(&self, outcome: usize) -> u64 {
         self.outcomes[outcome].load(Ordering::Relaxed)
     }

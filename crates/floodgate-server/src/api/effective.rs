@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use floodgate::{Limit, Policy};
+use floodgate::{Clock as _, Limit, Policy, Store as _};
 use http::{HeaderMap, header};
 use serde_json::{Value, json};
 
@@ -62,6 +62,36 @@ pub(super) async fn stats(State(shared): State<Arc<Shared>>, headers: HeaderMap)
         "deny_cache_hits": cache_hits,
         "breaker": Value::Null,
     });
+    let now = current.limiter.store().clock().now_nanos();
+    let mut concurrency: Vec<(&String, &crate::state::ServedConcurrency)> =
+        current.concurrency.iter().collect();
+    concurrency.sort_by(|a, b| a.0.cmp(b.0));
+    let concurrency: Vec<Value> = concurrency
+        .into_iter()
+        .map(|(name, served)| {
+            let mut entry = json!({
+                "name": name,
+                "max": served.limit.max(),
+                "lease_ms": u64::try_from(served.limit.lease_time().as_millis()).unwrap_or(u64::MAX),
+                "in_flight": served.counters.in_flight(now),
+            });
+            for (outcome, count) in served.counters.totals() {
+                entry[outcome] = count.into();
+            }
+            entry
+        })
+        .collect();
+    match current.limiter.store() {
+        crate::state::AnyStore::Memory(memory) => {
+            store["permits_reclaimed"] = memory.permits_reclaimed().into();
+        }
+        crate::state::AnyStore::Redis(redis) => {
+            let stats = redis.stats();
+            store["permits_reclaimed"] = stats.permits_reclaimed.into();
+            store["permit_calls"] = stats.permit_calls.into();
+            store["permit_operations"] = stats.permit_operations.into();
+        }
+    }
     if let crate::state::AnyStore::Redis(redis) = current.limiter.store() {
         let health = redis.health();
         store["breaker"] = health.breaker.as_str().into();
@@ -87,6 +117,7 @@ pub(super) async fn stats(State(shared): State<Arc<Shared>>, headers: HeaderMap)
             "last_failed": log.failed.as_ref().map(|(at, error)| json!({ "at": time(*at), "error": error })),
         },
         "policies": policies,
+        "concurrency": concurrency,
         "store": store,
     });
     (

@@ -123,6 +123,8 @@ function renderStats(stats) {
     ["deny-cache hits", s.deny_cache_hits],
   ];
   if (s.breaker !== null) rows.push(["circuit breaker", s.breaker]);
+  if (s.permit_calls !== undefined) rows.push(["permit calls (operations)", s.permit_calls + " (" + s.permit_operations + ")"]);
+  if (s.permits_reclaimed) rows.push(["permits reclaimed at lease end", s.permits_reclaimed]);
   if (s.lease_tokens) rows.push(["lease tokens (leased / spent / expired)", s.lease_tokens.leased + " / " + s.lease_tokens.spent + " / " + s.lease_tokens.expired]);
   if (stats.reloads.last_failed) rows.push(["last failed reload", stats.reloads.last_failed.at + ": " + stats.reloads.last_failed.error]);
   for (const [k, v] of rows) { store.appendChild(el("dt", k)); store.appendChild(el("dd", v)); }
@@ -134,7 +136,21 @@ function renderStats(stats) {
       "now: " + fmt(last(allowed)) + " allowed/s, " + fmt(last(denied)) + " denied/s";
     card.querySelector(".chart-box").replaceChildren(chart(allowed, denied));
   }
+  renderConcurrency(stats.concurrency || []);
   markOverflow();
+}
+
+function renderConcurrency(limits) {
+  document.getElementById("concurrency-card").hidden = limits.length === 0;
+  const body = document.querySelector("#concurrency-table tbody");
+  body.replaceChildren();
+  for (const c of limits) {
+    const tr = el("tr");
+    tr.appendChild(el("td", c.name));
+    tr.appendChild(el("td", c.in_flight + " of " + c.max, "num"));
+    for (const k of ["acquired", "denied", "expired", "store_error"]) tr.appendChild(el("td", fmt(c[k]), "num"));
+    body.appendChild(tr);
+  }
 }
 
 // A self-check for the layout (and its test): whether the page scrolls sideways.
@@ -176,6 +192,7 @@ function renderConfig(config) {
   };
   const limitText = (limits) => limits.map((l) => l.limit).join("; ");
   for (const p of config.policies) row(p.name, limitText(p.limits), "on_error " + p.on_error + (p.shadow ? ", shadow" : ""));
+  for (const c of config.concurrency || []) row(c.name, "at most " + c.max + " in flight, lease " + c.lease_ms + " ms", "on_error " + c.on_error);
   for (const g of config.login) row("login " + g.name, "ip " + limitText(g.per_ip) + "; user " + limitText(g.per_user), "on_error " + g.on_error);
   for (const d of config.envoy.domains) {
     for (const r of d.rules) {

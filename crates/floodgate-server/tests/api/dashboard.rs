@@ -117,8 +117,14 @@ async fn traffic(addr: std::net::SocketAddr, attacker: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_live_rates_and_denied_keys_as_text() {
     let dir = TempDir::new("dashboard");
-    let server = server_with(&dir, "[policies]\nfree = \"2/hour\"\npro = \"100/s\"\n").await;
+    let server = server_with(
+        &dir,
+        "[policies]\nfree = \"2/hour\"\npro = \"100/s\"\n[concurrency]\nexports = 2\n",
+    )
+    .await;
     let addr = server.http_addr();
+    let acquired = post(addr, "/v1/acquire", r#"{"policy":"exports","key":"t"}"#).await;
+    assert_eq!(acquired.status, 200, "{acquired:?}");
     // The shell itself holds no data, and is served with a strict policy.
     let shell = get(addr, "/dashboard").await;
     assert_eq!(shell.status, 200);
@@ -154,6 +160,11 @@ async fn the_dashboard_shows_live_rates_and_denied_keys_as_text() {
     assert!(!dom.contains("<img"), "and is never an element: {dom}");
     assert!(dom.contains("data-horizontal-overflow=\"false\""), "{dom}");
     assert!(!log.contains(":CONSOLE("), "no console messages:\n{log}");
+    // The concurrency limit: its permit in flight, from /v1/stats.
+    assert!(
+        dom.contains("<td>exports</td><td class=\"num\">1 of 2</td><td class=\"num\">1</td>"),
+        "the concurrency limit's row: {dom}"
+    );
     let before = first_line(&dom);
     assert!(!before.is_empty(), "{dom}");
 

@@ -256,17 +256,64 @@ async fn stats_show_live_rates_and_the_stores_health() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_show_each_concurrency_limits_permits() {
+    let dir = TempDir::new("stats-permits");
+    let server = server_with(
+        &dir,
+        &format!(
+            "{}\n[concurrency]\nexports = {{ max = 2, lease = \"1m\" }}\ndb = 5\n",
+            config("free = \"5/s\"")
+        ),
+    )
+    .await;
+    let addr = server.http_addr();
+    let mut permits = Vec::new();
+    for _ in 0..3 {
+        let reply = common::post(addr, "/v1/acquire", r#"{"policy":"exports","key":"t"}"#).await;
+        if let Some(permit) = reply.json()["permit"].as_str() {
+            permits.push(permit.to_owned());
+        }
+    }
+    assert_eq!(permits.len(), 2);
+    let release = format!(
+        r#"{{"policy":"exports","key":"t","permit":"{}"}}"#,
+        permits[0]
+    );
+    assert_eq!(
+        common::post(addr, "/v1/release", &release).await.status,
+        204
+    );
+    let json = stats(addr).await;
+    assert_eq!(
+        json["concurrency"],
+        serde_json::json!([
+            { "name": "db", "max": 5, "lease_ms": 30_000, "in_flight": 0, "acquired": 0,
+              "denied": 0, "released": 0, "renewed": 0, "expired": 0, "store_error": 0 },
+            { "name": "exports", "max": 2, "lease_ms": 60_000, "in_flight": 1, "acquired": 2,
+              "denied": 1, "released": 1, "renewed": 0, "expired": 0, "store_error": 0 },
+        ])
+    );
+    assert_eq!(json["store"]["permits_reclaimed"], 0);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_down_stats_show_an_open_breaker_and_fallbacks() {
     let mut redis = floodgate_testkit::redis_server::RedisServer::start();
     let dir = TempDir::new("stats-redis");
     let config = format!(
-        "[server]\nadmin_token = \"admin-token-do-not-print\"\n[store]\nurl = \"{}\"\ntimeout = \"200ms\"\non_error = \"allow\"\n[policies]\nfree = \"100/s\"\n",
+        "[server]\nadmin_token = \"admin-token-do-not-print\"\n[store]\nurl = \"{}\"\ntimeout = \"200ms\"\non_error = \"allow\"\n[policies]\nfree = \"100/s\"\n[concurrency]\ndb = 3\n",
         redis.url()
     );
     let server = server_with(&dir, &config).await;
     let addr = server.http_addr();
     common::post(addr, "/v1/check", r#"{"policy":"free","key":"k"}"#).await;
+    let acquired = common::post(addr, "/v1/acquire", r#"{"policy":"db","key":"k"}"#).await;
+    assert_eq!(acquired.json()["acquired"], true);
     let json = stats(addr).await;
+    assert_eq!(json["store"]["permit_calls"], 1, "{json}");
+    assert_eq!(json["store"]["permit_operations"], 1, "{json}");
+    assert_eq!(json["concurrency"][0]["in_flight"], 1, "{json}");
     assert_eq!(json["store"]["kind"], "redis");
     assert_eq!(json["store"]["breaker"], "closed");
     assert!(
