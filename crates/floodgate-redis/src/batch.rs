@@ -225,9 +225,9 @@ impl<W: Work> Batcher<W> {
         }
     }
 
-    /// Queues an item; its reply arrives on the returned channel. The circuit breaker
-    /// has already been told how its batch went.
-    pub(crate) fn submit(&self, work: W) -> oneshot::Receiver<Reply> {
+    /// Queues an item; its reply arrives on the returned channel, once the circuit breaker
+    /// has been told how its batch went.
+    fn submit(&self, work: W) -> oneshot::Receiver<Reply> {
         let (reply, receiver) = oneshot::channel();
         let lane = match &self.slots {
             Some(slots) => {
@@ -254,6 +254,18 @@ impl<W: Work> Batcher<W> {
         };
         lane.submit(Item { work, reply });
         receiver
+    }
+
+    /// Queues `work` and waits for its reply, at most the store's timeout. The batch tells
+    /// the circuit breaker how it went, once for all of its items; a caller that stops
+    /// waiting leaves the count to its batch.
+    pub(crate) async fn call(&self, work: W) -> Reply {
+        let receiver = self.submit(work);
+        match tokio::time::timeout(self.timeout, receiver).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(_)) => Err(dropped()),
+            Err(_) => Err(timed_out()),
+        }
     }
 }
 

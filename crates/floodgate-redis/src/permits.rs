@@ -137,17 +137,7 @@ impl<C: Clock> RedisStore<C> {
             now,
         };
         let (reply, counted) = match &self.permit_batcher {
-            Some(batcher) => {
-                let receiver = batcher.submit(work);
-                // The batch has told the circuit breaker how it went, once for all of its
-                // operations.
-                let reply = match tokio::time::timeout(self.timeout, receiver).await {
-                    Ok(Ok(reply)) => reply,
-                    Ok(Err(_)) => Err(batch::dropped()),
-                    Err(_) => Err(timed_out()),
-                };
-                (reply, true)
-            }
+            Some(batcher) => (batcher.call(work).await, true),
             None => {
                 self.counters.count_permits(1);
                 let call =

@@ -278,21 +278,14 @@ impl<C: Clock> RedisStore<C> {
                 (call.await.unwrap_or_else(|_| Err(timed_out())), false)
             }
             Some(batcher) => {
-                let receiver = batcher.submit(Decide {
+                let work = Decide {
                     keys,
                     op: words,
                     least,
                     limits: limits_of(),
                     now,
-                });
-                // The batch has told the circuit breaker how it went, once for all of its
-                // decisions; a caller that stops waiting leaves the count to its batch.
-                let reply = match tokio::time::timeout(self.timeout, receiver).await {
-                    Ok(Ok(reply)) => reply,
-                    Ok(Err(_)) => Err(batch::dropped()),
-                    Err(_) => Err(timed_out()),
                 };
-                (reply, true)
+                (batcher.call(work).await, true)
             }
             None => {
                 let mut args = Vec::with_capacity(3 + 2 * rates.len());

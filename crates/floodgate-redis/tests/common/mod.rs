@@ -63,6 +63,55 @@ pub(crate) async fn concurrency_suite(url: &str, batching: bool) {
     .await;
 }
 
+/// Runs `case` on values of `strategy`, each on a fresh current-thread runtime:
+/// `PROPTEST_CASES` cases (48 by default). A failing case panics with proptest's report of
+/// the smallest failing value.
+#[allow(dead_code)]
+pub(crate) fn run_cases<S, F, Fut>(strategy: &S, case: F)
+where
+    S: proptest::strategy::Strategy,
+    F: Fn(S::Value) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    use proptest::test_runner::{Config, TestRunner};
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(48);
+    let mut runner = TestRunner::new(Config::with_cases(cases));
+    let result = runner.run(strategy, |value| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        runtime.block_on(case(value));
+        Ok(())
+    });
+    if let Err(failure) = result {
+        panic!("{failure}");
+    }
+}
+
+/// Runs `one` on each of `steps`: all issued at once, in order (one batch when the store
+/// batches), or one after another; the outcomes in the steps' order.
+#[allow(dead_code)]
+pub(crate) async fn at_once_or_in_turn<T, F, Fut>(steps: &[T], at_once: bool, one: F) -> Vec<String>
+where
+    T: Copy,
+    F: Fn(T) -> Fut,
+    Fut: std::future::Future<Output = String>,
+{
+    if at_once {
+        futures_util::future::join_all(steps.iter().map(|&s| one(s))).await
+    } else {
+        let mut outcomes = Vec::with_capacity(steps.len());
+        for &s in steps {
+            outcomes.push(one(s).await);
+        }
+        outcomes
+    }
+}
+
 /// The host's realtime clock in nanoseconds: on one machine, the clock Redis `TIME` reads.
 #[allow(dead_code)]
 pub(crate) fn now_ns() -> u64 {

@@ -2,6 +2,8 @@
 //! would — the same answers, stored values and TTLs — and single-call (older) clients share
 //! buckets with batching ones; an item that fails fails alone.
 
+use crate::common;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, LazyLock};
@@ -12,7 +14,6 @@ use floodgate_redis::RedisStore;
 use floodgate_testkit::redis_server::RedisServer;
 use futures_util::future::join_all;
 use proptest::prelude::*;
-use proptest::test_runner::TestRunner;
 
 /// Numbers each case's key prefixes: every case of the property test writes fresh keys on
 /// the one server of the test.
@@ -93,15 +94,7 @@ async fn run(limiter: &Limiter, steps: &[Step], concurrently: bool) -> Vec<Strin
             Err(error) => format!("error: {error}"),
         }
     };
-    if concurrently {
-        join_all(steps.iter().map(|&s| one(s))).await
-    } else {
-        let mut outcomes = Vec::new();
-        for &s in steps {
-            outcomes.push(one(s).await);
-        }
-        outcomes
-    }
+    common::at_once_or_in_turn(steps, concurrently, one).await
 }
 
 /// Every key under `prefix`, without it: its stored value and PTTL.
@@ -196,22 +189,9 @@ async fn case(url: &str, groups: Vec<Group>) {
 fn batches_decide_exactly_as_single_calls() {
     let server = RedisServer::start();
     let url = server.url();
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(48);
-    let mut runner = TestRunner::new(ProptestConfig::with_cases(cases));
-    let result = runner.run(&proptest::collection::vec(group(), 1..8), |groups| {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(case(&url, groups));
-        Ok(())
+    common::run_cases(&proptest::collection::vec(group(), 1..8), |groups| {
+        case(&url, groups)
     });
-    if let Err(failure) = result {
-        panic!("{failure}");
-    }
 }
 
 #[tokio::test]

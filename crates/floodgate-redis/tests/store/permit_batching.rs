@@ -2,6 +2,8 @@
 //! permit script, applied in order, each exactly as a call of its own would be — the same
 //! answers, permit sets and TTLs; an operation that fails fails alone.
 
+use crate::common;
+
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, LazyLock};
@@ -12,7 +14,6 @@ use floodgate_redis::RedisStore;
 use floodgate_testkit::redis_server::RedisServer;
 use futures_util::future::join_all;
 use proptest::prelude::*;
-use proptest::test_runner::TestRunner;
 
 /// Numbers each case's key prefixes: every case writes fresh keys on the test's one server.
 static CASE: AtomicU32 = AtomicU32::new(0);
@@ -105,15 +106,7 @@ async fn run(store: &RedisStore<ManualClock>, steps: &[Step], concurrently: bool
             ),
         }
     };
-    if concurrently {
-        join_all(steps.iter().map(|&s| one(s))).await
-    } else {
-        let mut outcomes = Vec::new();
-        for &s in steps {
-            outcomes.push(one(s).await);
-        }
-        outcomes
-    }
+    common::at_once_or_in_turn(steps, concurrently, one).await
 }
 
 /// Every permit set under `prefix`, without it: its members with their lease ends, and its
@@ -202,22 +195,9 @@ async fn case(url: &str, groups: Vec<Group>) {
 fn batched_permit_operations_apply_exactly_as_single_calls() {
     let server = RedisServer::start();
     let url = server.url();
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(48);
-    let mut runner = TestRunner::new(ProptestConfig::with_cases(cases));
-    let result = runner.run(&proptest::collection::vec(group(), 1..8), |groups| {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(case(&url, groups));
-        Ok(())
+    common::run_cases(&proptest::collection::vec(group(), 1..8), |groups| {
+        case(&url, groups)
     });
-    if let Err(failure) = result {
-        panic!("{failure}");
-    }
 }
 
 #[tokio::test]
