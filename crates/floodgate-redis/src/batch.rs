@@ -350,16 +350,13 @@ impl<W: Work> Lane<W> {
     }
 
     async fn send(&self, batch: Vec<Item<W>>) {
-        let (command, first_key) = {
-            let works: Vec<&W> = batch.iter().map(|item| &item.work).collect();
-            let first_key = works.first().map_or("", |work| work.first_key());
-            (W::command(&works), first_key.to_owned())
-        };
+        let command = W::command(&batch.iter().map(|item| &item.work).collect::<Vec<_>>());
+        let first_key = batch.first().map_or("", |item| item.work.first_key());
         W::count(&self.counters, batch.len());
         let call = tokio::time::timeout(
             self.timeout,
             self.connection
-                .run_batch(self.index, &command, W::script(), &first_key),
+                .run_batch(self.index, &command, W::script(), first_key),
         );
         match call.await.unwrap_or_else(|_| Err(timed_out())) {
             Ok(Value::Array(replies)) if replies.len() == batch.len() => {

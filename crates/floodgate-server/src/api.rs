@@ -511,10 +511,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
 /// leases the store reclaimed.
 fn permit_metrics(shared: &Shared, served: &Served, out: &mut String) {
     let limits = shared.metrics.concurrency_counters();
-    let reclaimed = match served.limiter.store() {
-        AnyStore::Memory(store) => store.permits_reclaimed(),
-        AnyStore::Redis(store) => store.stats().permits_reclaimed,
-    };
+    let reclaimed = served.limiter.store().permits_reclaimed();
     let now = served.limiter.store().clock().now_nanos();
     crate::permits::render(out, &limits, reclaimed, now);
 }

@@ -32,6 +32,16 @@ pub enum AnyStore {
     Redis(RedisStore),
 }
 
+impl AnyStore {
+    /// Permits the store reclaimed because their lease ended unreleased.
+    pub(crate) fn permits_reclaimed(&self) -> u64 {
+        match self {
+            AnyStore::Memory(store) => store.permits_reclaimed(),
+            AnyStore::Redis(store) => store.stats().permits_reclaimed,
+        }
+    }
+}
+
 impl Store for AnyStore {
     type Clock = MonotonicClock;
 

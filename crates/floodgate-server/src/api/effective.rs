@@ -81,19 +81,11 @@ pub(super) async fn stats(State(shared): State<Arc<Shared>>, headers: HeaderMap)
             entry
         })
         .collect();
-    match current.limiter.store() {
-        crate::state::AnyStore::Memory(memory) => {
-            store["permits_reclaimed"] = memory.permits_reclaimed().into();
-        }
-        crate::state::AnyStore::Redis(redis) => {
-            let stats = redis.stats();
-            store["permits_reclaimed"] = stats.permits_reclaimed.into();
-            store["permit_calls"] = stats.permit_calls.into();
-            store["permit_operations"] = stats.permit_operations.into();
-        }
-    }
+    store["permits_reclaimed"] = current.limiter.store().permits_reclaimed().into();
     if let crate::state::AnyStore::Redis(redis) = current.limiter.store() {
         let health = redis.health();
+        store["permit_calls"] = health.stats.permit_calls.into();
+        store["permit_operations"] = health.stats.permit_operations.into();
         store["breaker"] = health.breaker.as_str().into();
         store["script_calls"] = health.stats.script_calls.into();
         store["decisions_sent"] = health.stats.decisions.into();
